@@ -1,0 +1,97 @@
+"""Job files: loading and validation.
+
+A job file is YAML with one section per stage. Unknown keys and wrong types are rejected before
+any work starts, with a one-line error naming the file and the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class JobError(ValueError):
+    """A job file that cannot be run as written."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Section):
+    paths: list[str] = Field(min_length=1, description="Parquet/JSONL files or folders in the OpenWebMath schema")
+    glob: str | None = Field(None, description="glob inside folders, e.g. '**/*.parquet'")
+
+
+class TrainConfig(_Section):
+    labels: str | None = Field(None, description="labels file; defaults to the label stage's output")
+    epoch: int = Field(25, ge=1)
+    lr: float = Field(0.2, gt=0)
+    dim: int = Field(64, ge=1)
+    word_ngrams: int = Field(2, ge=1)
+    min_count: int = Field(2, ge=1)
+    bucket: int = Field(200_000, ge=0)
+    valid_fraction: float = Field(0.2, gt=0, lt=1)
+    quantize: bool = False
+
+
+class ScoreConfig(_Section):
+    tasks: int = Field(2, ge=1)
+    workers: int = Field(2, ge=1)
+    tokenizer: str = Field("smollm2", description="'smollm2' (bundled GGUF vocabulary), a tokenizers JSON or a GGUF file")
+    token_count: Literal["ratio", "exact"] = "ratio"
+    calibration_docs: int = Field(200, ge=1)
+
+
+class MixConfig(_Section):
+    method: Literal["threshold", "top_k", "proportional"] = "proportional"
+    token_budget: int | None = Field(None, ge=1)
+    threshold: float = Field(0.5, ge=0, le=1)
+    max_repeats: int = Field(4, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    shard_rows: int = Field(50_000, ge=1, description="rows per output shard at most")
+    materialize: bool = Field(False, description="write each repeat as its own row, shuffled")
+
+
+class Job(_Section):
+    name: str
+    output_dir: str
+    seed: int = 0
+    input: InputConfig
+    train: TrainConfig = TrainConfig()
+    score: ScoreConfig = ScoreConfig()
+    mix: MixConfig = MixConfig()
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)
+
+
+def _format_error(path: str | Path, err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"{path}: unknown key '{where}'"
+    if first["type"] == "missing":
+        return f"{path}: missing required key '{where}'"
+    return f"{path}: key '{where}': {first['msg']} (got {first.get('input')!r})"
+
+
+def load_job(path: str | Path) -> Job:
+    """Read and validate a job file; raise JobError with a one-line message when it is wrong."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise JobError(f"{path}: cannot read job file: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise JobError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise JobError(f"{path}: a job file must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Job.model_validate(raw)
+    except ValidationError as e:
+        raise JobError(_format_error(path, e)) from None

@@ -1,0 +1,71 @@
+"""Data contracts between curate's stages: column names, Arrow schemas and document ids.
+
+Every stage reads and writes through these definitions, so a column is named in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pyarrow as pa
+
+BEHAVIORS: tuple[str, ...] = ("verification", "backtracking", "subgoal_setting", "backward_chaining")
+
+# Input (OpenWebMath schema)
+TEXT, URL, DATE, METADATA = "text", "url", "date", "metadata"
+ID = "id"
+INPUT_COLUMNS = (URL, TEXT, DATE, METADATA)
+
+# Labels
+LABELER, PROMPT_VERSION, RAW_RESPONSE, ERROR = "labeler", "prompt_version", "raw_response", "error"
+LABELS_SCHEMA = pa.schema(
+    [
+        (ID, pa.string()),
+        (URL, pa.string()),
+        (TEXT, pa.string()),
+        *[(b, pa.int32()) for b in BEHAVIORS],
+        (LABELER, pa.string()),
+        (PROMPT_VERSION, pa.string()),
+        (RAW_RESPONSE, pa.string()),
+        (ERROR, pa.string()),
+    ]
+)
+
+# Scored shards: attributes of the input, one row per input document, no text.
+BEHAVIOR_SCORE = "behavior_score"
+N_TOKENS = "n_tokens"
+PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{b}" for b in BEHAVIORS)
+SCORE_COLUMNS: tuple[str, ...] = (*PROB_COLUMNS, BEHAVIOR_SCORE)
+SCORES_SCHEMA = pa.schema(
+    [(ID, pa.string()), *[(c, pa.float32()) for c in SCORE_COLUMNS], (N_TOKENS, pa.int64())]
+)
+
+# Mix output shards: what a continued-pretraining job reads.
+WEIGHT, REPEATS = "weight", "repeats"
+MIX_SCHEMA = pa.schema(
+    [
+        (TEXT, pa.string()),
+        (ID, pa.string()),
+        (URL, pa.string()),
+        *[(c, pa.float32()) for c in SCORE_COLUMNS],
+        (N_TOKENS, pa.int64()),
+        (WEIGHT, pa.float64()),
+        (REPEATS, pa.int32()),
+    ]
+)
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def doc_id(url: str | None, text: str) -> str:
+    """A document's stable id: its url when present, else a hash of its text."""
+    if url:
+        return url
+    return "sha1:" + hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def normalize_text(text: str) -> str:
+    """The one text normalization used at training and at scoring: newlines and runs of
+    whitespace become single spaces."""
+    return _WHITESPACE.sub(" ", text).strip()

@@ -30,10 +30,10 @@ class TrainConfig(_Section):
     labels: str | None = Field(None, description="labels file; defaults to the label stage's output")
     epoch: int = Field(25, ge=1)
     lr: float = Field(0.2, gt=0)
-    dim: int = Field(64, ge=1)
+    dim: int = Field(32, ge=1)
     word_ngrams: int = Field(2, ge=1)
     min_count: int = Field(2, ge=1)
-    bucket: int = Field(200_000, ge=0)
+    bucket: int = Field(100_000, ge=0)
     valid_fraction: float = Field(0.2, gt=0, lt=1)
     quantize: bool = False
 

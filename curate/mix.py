@@ -1,0 +1,256 @@
+"""Turn scores into a training mix for a token budget and write it as Parquet shards.
+
+Pass 1 reads only the attribute shards (ids, scores, token counts) with dask and decides how many
+copies of each document go into the mix. Pass 2 streams the input files, joins the text back by
+id, and writes bounded, zstd-compressed shards with one fixed schema.
+
+Methods:
+- threshold: documents with `behavior_score >= threshold`; with a budget, fitted to it (top
+  scores first when over, uniform repetition up to the cap when under).
+- top_k: the highest-scoring documents until the budget is filled.
+- proportional: copies proportional to `behavior_score ** (1 / temperature)`, at most
+  `max_repeats` each, scaled to the budget (stochastic rounding, seeded per document).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.config import MixConfig
+from curate.io import Dropped, InputError, atomic_path, iter_documents, write_json
+from curate.progress import Progress
+from curate.schema import (
+    BEHAVIOR_SCORE, BEHAVIORS, ID, MIX_SCHEMA, N_TOKENS, PROB_COLUMNS, REPEATS, SCORE_COLUMNS, TEXT, URL, WEIGHT,
+)
+
+BUDGET_TOLERANCE = 0.001  # the fill stops once within 0.1% below the budget
+PROB_BUCKETS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+STATS_FILE, SHARD_PREFIX = "stats.json", "part-"
+
+
+class MixError(ValueError):
+    """A mix that cannot be made as configured."""
+
+
+def load_scores(shards: list[str]) -> pa.Table:
+    """All attribute rows (id, scores, n_tokens) of the scored shards, via dask."""
+    import dask.dataframe as dd
+
+    if not shards:
+        raise MixError("no scored shards to mix")
+    frame = dd.read_parquet(shards, columns=[ID, *SCORE_COLUMNS, N_TOKENS]).compute()
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def seeded_uniform(ids: list[str], seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per id, fixed by the seed."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "big") / 2**64 for i in ids]
+    )
+
+
+def _fill_proportional(weights, tokens, budget, cap, u) -> tuple[np.ndarray, float]:
+    """Copies `min(cap, floor(alpha * w + u))` with alpha the largest scale under the budget, then
+    one more copy for documents next in line while they still fit. Returns (repeats, alpha)."""
+    def repeats_at(alpha: float) -> np.ndarray:
+        return np.minimum(cap, np.floor(alpha * weights + u)).astype(np.int64)
+
+    positive = weights > 0
+    if not positive.any():
+        return np.zeros(len(weights), dtype=np.int64), 0.0
+    lo, hi = 0.0, (cap + 1) / weights[positive].min()
+    if (repeats_at(hi) * tokens).sum() <= budget:
+        return repeats_at(hi), hi
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if (repeats_at(mid) * tokens).sum() <= budget:
+            lo = mid
+        else:
+            hi = mid
+    repeats = repeats_at(lo)
+    total = int((repeats * tokens).sum())
+    room = positive & (repeats < cap)
+    next_alpha = np.full(len(weights), np.inf)
+    next_alpha[room] = (repeats[room] + 1 - u[room]) / weights[room]
+    for i in np.argsort(next_alpha, kind="stable"):
+        if total >= budget * (1 - BUDGET_TOLERANCE) or not np.isfinite(next_alpha[i]):
+            break
+        if total + tokens[i] <= budget:
+            repeats[i] += 1
+            total += int(tokens[i])
+    return repeats, lo
+
+
+def _fill_top(scores, tokens, budget, eligible) -> np.ndarray:
+    """One copy of the highest-scoring eligible documents while they fit in the budget."""
+    repeats = np.zeros(len(scores), dtype=np.int64)
+    total = 0
+    for i in np.argsort(-scores, kind="stable"):
+        if total >= budget * (1 - BUDGET_TOLERANCE):
+            break
+        if eligible[i] and total + tokens[i] <= budget:
+            repeats[i] = 1
+            total += int(tokens[i])
+    return repeats
+
+
+def choose_repeats(ids: list[str], scores: np.ndarray, tokens: np.ndarray, cfg: MixConfig, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of each document in the mix and its weight (expected copies before rounding and cap)."""
+    scores = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+    tokens = np.asarray(tokens, dtype=np.int64)
+    budget = cfg.token_budget
+    if cfg.method in ("top_k", "proportional") and budget is None:
+        raise MixError(f"mix method '{cfg.method}' needs mix.token_budget")
+    if cfg.method == "top_k":
+        repeats = _fill_top(scores, tokens, budget, np.ones(len(scores), dtype=bool))
+        return repeats, repeats.astype(np.float64)
+    if cfg.method == "threshold":
+        eligible = scores >= cfg.threshold
+        if budget is None:
+            repeats = eligible.astype(np.int64)
+            return repeats, repeats.astype(np.float64)
+        if (tokens * eligible).sum() >= budget:
+            repeats = _fill_top(scores, tokens, budget, eligible)
+            return repeats, repeats.astype(np.float64)
+        weights = eligible.astype(np.float64)
+    else:
+        weights = scores ** (1.0 / cfg.temperature)
+    repeats, alpha = _fill_proportional(weights, tokens, budget, cfg.max_repeats, seeded_uniform(ids, seed))
+    return repeats, alpha * weights
+
+
+def _bucket_tokens(probs: np.ndarray, tokens: np.ndarray) -> dict:
+    edges = np.array(PROB_BUCKETS)
+    which = np.clip(np.searchsorted(edges, probs, side="right") - 1, 0, len(edges) - 2)
+    return {f"{edges[k]:.2f}-{edges[k + 1]:.2f}": int(tokens[which == k].sum()) for k in range(len(edges) - 1)}
+
+
+def mix_stats(table: pa.Table, repeats: np.ndarray, cfg: MixConfig, dropped: dict) -> dict:
+    """Docs in/out, tokens per behavior-probability bucket before and after, mean scores."""
+    tokens = table.column(N_TOKENS).to_numpy()
+    out_tokens = tokens * repeats
+    kept = repeats > 0
+    stats = {
+        "method": cfg.model_dump(),
+        "docs_in": table.num_rows,
+        "docs_out": int(kept.sum()),
+        "copies_out": int(repeats.sum()),
+        "docs_dropped": dropped,
+        "tokens_in": int(tokens.sum()),
+        "tokens_out": int(out_tokens.sum()),
+        "token_budget": cfg.token_budget,
+        "budget_error": (float(out_tokens.sum() / cfg.token_budget - 1) if cfg.token_budget else None),
+        "max_repeats_used": int(repeats.max()) if len(repeats) else 0,
+        "tokens_by_bucket": {},
+        "mean_scores_in": {},
+        "mean_scores_out_token_weighted": {},
+    }
+    for col in SCORE_COLUMNS:
+        values = table.column(col).to_numpy().astype(np.float64)
+        stats["mean_scores_in"][col] = float(values.mean()) if len(values) else None
+        stats["mean_scores_out_token_weighted"][col] = (
+            float((values * out_tokens).sum() / out_tokens.sum()) if out_tokens.sum() else None
+        )
+        stats["tokens_by_bucket"][col] = {"in": _bucket_tokens(values, tokens), "out": _bucket_tokens(values, out_tokens)}
+    return stats
+
+
+class ShardWriter:
+    """Writes rows of MIX_SCHEMA into `part-NNNNN.parquet` files of at most `shard_rows` rows each,
+    each written atomically."""
+
+    def __init__(self, out_dir: Path, shard_rows: int):
+        self.out_dir, self.shard_rows = out_dir, shard_rows
+        self.rows: list[dict] = []
+        self.paths: list[str] = []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        path = self.out_dir / f"{SHARD_PREFIX}{len(self.paths):05d}.parquet"
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.Table.from_pylist(self.rows, schema=MIX_SCHEMA), tmp, compression="zstd")
+        self.paths.append(str(path))
+        self.rows = []
+
+
+def _shuffled_copies(rows_by_shard: list[list[dict]], seed: int):
+    rng = np.random.default_rng(seed)
+    for rows in rows_by_shard:
+        for k in rng.permutation(len(rows)):
+            yield rows[k]
+
+
+def write_mix(input_files: list[str], selected: dict[str, dict], out_dir: Path, cfg: MixConfig, seed: int) -> dict:
+    """Pass 2: stream the input, join selected documents by id, write shards. Returns counts."""
+    for old in out_dir.glob(f"{SHARD_PREFIX}*.parquet"):
+        old.unlink()
+    writer = ShardWriter(out_dir, cfg.shard_rows)
+    n_copies = sum(r[REPEATS] for r in selected.values())
+    n_shards = max(1, math.ceil(n_copies / cfg.shard_rows))
+    buckets: list[list[dict]] = [[] for _ in range(n_shards)] if cfg.materialize else []
+    progress = Progress("mix write", total=len(selected))
+    file_errors: list[str] = []
+    for path in input_files:
+        try:
+            for doc in iter_documents(path):
+                if isinstance(doc, Dropped) or doc[ID] not in selected:
+                    continue
+                row = {TEXT: doc[TEXT], URL: doc[URL], **selected.pop(doc[ID])}
+                progress.update()
+                if not cfg.materialize:
+                    writer.add(row)
+                    continue
+                for copy in range(row[REPEATS]):
+                    key = seeded_uniform([f"{row[ID]}#{copy}"], seed)[0]
+                    buckets[int(key * n_shards)].append(row)
+        except InputError as e:
+            file_errors.append(str(e))
+    for row in _shuffled_copies(buckets, seed):
+        writer.add(row)
+    writer.flush()
+    progress.finish()
+    return {"shards": [Path(p).name for p in writer.paths], "missing_from_input": len(selected),
+            "input_file_errors": file_errors}
+
+
+def mix(input_files: list[str], score_shards: list[str], out_dir: str | Path, cfg: MixConfig, seed: int = 0) -> dict:
+    """Make the mix: choose copies from the scores, write shards and `stats.json`; return the stats."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = load_scores(score_shards)
+    ids = table.column(ID).to_pylist()
+    first = {}
+    for i, doc_id in enumerate(ids):
+        first.setdefault(doc_id, i)
+    unique = np.zeros(len(ids), dtype=bool)
+    unique[list(first.values())] = True
+    scores = table.column(BEHAVIOR_SCORE).to_numpy()
+    tokens = table.column(N_TOKENS).to_numpy()
+    repeats, weights = choose_repeats(ids, scores, tokens, cfg, seed)
+    repeats[~unique] = 0
+    dropped = {"duplicate_id": int((~unique).sum()), "not_selected": int(((repeats == 0) & unique).sum())}
+    rows = table.to_pylist()
+    selected = {
+        ids[i]: {**{k: rows[i][k] for k in (ID, *SCORE_COLUMNS, N_TOKENS)}, WEIGHT: float(weights[i]),
+                 REPEATS: int(repeats[i])}
+        for i in np.flatnonzero(repeats)
+    }
+    written = write_mix(input_files, selected, out_dir, cfg, seed)
+    stats = mix_stats(table, repeats, cfg, dropped)
+    stats.update(written)
+    stats["materialized"] = cfg.materialize
+    write_json(stats, out_dir / STATS_FILE)
+    return stats

@@ -226,7 +226,8 @@ def write_mix(input_files: list[str], selected: dict[str, dict], out_dir: Path, 
             "input_file_errors": file_errors}
 
 
-def mix(input_files: list[str], score_shards: list[str], out_dir: str | Path, cfg: MixConfig, seed: int = 0) -> dict:
+def mix(input_files: list[str], score_shards: list[str], out_dir: str | Path, cfg: MixConfig, seed: int = 0,
+        fingerprint: str | None = None) -> dict:
     """Make the mix: choose copies from the scores, write shards and `stats.json`; return the stats."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -252,5 +253,6 @@ def mix(input_files: list[str], score_shards: list[str], out_dir: str | Path, cf
     stats = mix_stats(table, repeats, cfg, dropped)
     stats.update(written)
     stats["materialized"] = cfg.materialize
+    stats["fingerprint"] = fingerprint
     write_json(stats, out_dir / STATS_FILE)
     return stats

@@ -165,7 +165,8 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def train(labels_path: str | Path, out_dir: str | Path, cfg: TrainConfig, seed: int = 0) -> dict:
+def train(labels_path: str | Path, out_dir: str | Path, cfg: TrainConfig, seed: int = 0,
+          fingerprint: str | None = None) -> dict:
     """Train the classifier on a labels file; write `model.bin` and `card.json` to `out_dir`.
 
     The model is fitted on the training split; the card reports per-behavior precision, recall and
@@ -224,6 +225,7 @@ def train(labels_path: str | Path, out_dir: str | Path, cfg: TrainConfig, seed: 
         "fasttext": params,
         "quantized": cfg.quantize,
         "seed": seed,
+        "fingerprint": fingerprint,
     }
     write_json(card, out_dir / CARD_FILE)
     return card

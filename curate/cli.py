@@ -1,0 +1,131 @@
+"""The `curate` command line: parses arguments and calls the stage modules."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import typing
+
+from pydantic import BaseModel, ValidationError
+
+from curate.config import JobError, MixConfig, ScoreConfig, TrainConfig, load_job
+
+
+def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """One `--option` per field of a config section, defaulting to the section's default."""
+    for name, info in model.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if info.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{info.description or name} (default: {info.default})")
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=f"{info.description or name} (default: {info.default})")
+
+
+def model_from_options(model: type[BaseModel], args: argparse.Namespace) -> BaseModel:
+    given = {k: getattr(args, k) for k in model.model_fields if getattr(args, k, None) is not None}
+    return model.model_validate(given, strict=False)
+
+
+def _cmd_run(args) -> int:
+    from curate.run import run_job
+
+    job = load_job(args.job)
+    start = time.monotonic()
+    result = run_job(job)
+    for stage, why in result.skipped.items():
+        print(f"skipped {stage}: {why}")
+    print(f"ran: {', '.join(result.ran) or 'nothing (all stages current)'}; output in {job.out} "
+          f"({time.monotonic() - start:.1f}s)")
+    for error in result.errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def _cmd_train(args) -> int:
+    from curate.train import train
+
+    card = train(args.labels, args.out, model_from_options(TrainConfig, args), seed=args.seed)
+    for behavior, m in card["metrics"].items():
+        auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
+        print(f"{behavior:18s} ROC-AUC {auc}  P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}")
+    print(f"model and card in {args.out}")
+    return 0
+
+
+def _cmd_score(args) -> int:
+    from curate.score import score_files
+
+    summary = score_files(args.inputs, args.glob, args.model, args.out, model_from_options(ScoreConfig, args))
+    print(("skipped: scores are current in " if summary["skipped"] else "scores written to ") + str(args.out))
+    for error in summary["file_errors"]:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if summary["file_errors"] else 0
+
+
+def _cmd_mix(args) -> int:
+    from curate.io import list_input_files
+    from curate.mix import mix
+    from curate.score import scored_shards
+
+    stats = mix(list_input_files(args.inputs, args.glob), scored_shards(args.scores), args.out,
+                model_from_options(MixConfig, args), seed=args.seed)
+    print(f"{stats['docs_out']} documents, {stats['tokens_out']:,} tokens in {len(stats['shards'])} shards in {args.out}")
+    for error in stats["input_file_errors"]:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if stats["input_file_errors"] else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="curate", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a job file (train -> score -> mix), skipping finished stages")
+    p.add_argument("job", help="job YAML file, e.g. jobs/dryrun.yaml")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("train", help="distil a labels file into the fastText behavior classifier")
+    p.add_argument("labels", help="labels Parquet file")
+    p.add_argument("out", help="output folder for model.bin and card.json")
+    p.add_argument("--seed", type=int, default=0)
+    add_model_options(p, TrainConfig)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("score", help="score input shards with a classifier (datatrove, local executor)")
+    p.add_argument("inputs", nargs="+", help="Parquet/JSONL files or folders")
+    p.add_argument("--model", required=True, help="classifier model.bin")
+    p.add_argument("--out", required=True, help="scores folder")
+    p.add_argument("--glob", default=None)
+    add_model_options(p, ScoreConfig)
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("mix", help="make a token-budgeted mix from input shards and their scores")
+    p.add_argument("inputs", nargs="+", help="the Parquet/JSONL files or folders that were scored")
+    p.add_argument("--scores", required=True, help="scores folder")
+    p.add_argument("--out", required=True, help="output folder for shards, stats.json and README.md")
+    p.add_argument("--glob", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    add_model_options(p, MixConfig)
+    p.set_defaults(func=_cmd_mix)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except (JobError, ValidationError) as e:
+        print(f"error: {str(e).splitlines()[0] if isinstance(e, JobError) else e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""`curate run JOB.yaml`: the stages of a job in order, each skipped when its output is current.
+
+A stage's output records a fingerprint of what it was made from (input bytes, configuration,
+seed); a second run with the same fingerprint redoes nothing and says what it skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from curate.config import Job
+from curate.io import list_input_files, read_json
+from curate import mix as mix_stage
+from curate import report, score as score_stage, train as train_stage
+
+log = logging.getLogger("curate")
+
+
+@dataclass
+class RunResult:
+    """What a run did: stages run, stages skipped (with why), and errors that make it fail."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _current(path: Path, fingerprint: str) -> bool:
+    return path.exists() and read_json(path).get("fingerprint") == fingerprint
+
+
+def run_train(job: Job, result: RunResult) -> Path:
+    labels = job.train.labels
+    if labels is None:
+        raise ValueError("train.labels is not set and the job has no label stage")
+    out = job.out / "classifier"
+    fingerprint = _fingerprint(train_stage.file_sha256(labels), job.train.model_dump(), job.seed)
+    if _current(out / train_stage.CARD_FILE, fingerprint) and (out / train_stage.MODEL_FILE).exists():
+        result.skipped["train"] = f"{out / train_stage.CARD_FILE} was trained on the same labels and settings"
+    else:
+        card = train_stage.train(labels, out, job.train, seed=job.seed, fingerprint=fingerprint)
+        result.ran.append("train")
+        log.info("train: held-out ROC-AUC %s", {b: m["roc_auc"] for b, m in card["metrics"].items()})
+    return out / train_stage.MODEL_FILE
+
+
+def run_score(job: Job, files: list[str], model: Path, result: RunResult) -> dict:
+    summary = score_stage.score(files, str(model), job.out / "scores", job.score)
+    if summary["skipped"]:
+        result.skipped["score"] = f"{job.out / 'scores'} holds scores of the same model, inputs and token settings"
+    else:
+        result.ran.append("score")
+    result.errors.extend(summary["file_errors"])
+    return summary
+
+
+def run_mix(job: Job, files: list[str], scores: dict, result: RunResult) -> dict:
+    out = job.out / "mix"
+    fingerprint = _fingerprint(scores["fingerprint"], job.mix.model_dump(), job.seed, job.name)
+    stats_path = out / mix_stage.STATS_FILE
+    if _current(stats_path, fingerprint) and (out / report.CARD_FILE).exists():
+        result.skipped["mix"] = f"{out} was mixed from the same scores and settings"
+        return read_json(stats_path)
+    stats = mix_stage.mix(files, score_stage.scored_shards(job.out / "scores"), out, job.mix, seed=job.seed,
+                          fingerprint=fingerprint)
+    classifier_card = read_json(job.out / "classifier" / train_stage.CARD_FILE)
+    report.write_card(out, job.name, stats, classifier_card, scores["tokens"])
+    result.ran.append("mix")
+    return stats
+
+
+def run_job(job: Job) -> RunResult:
+    """Run train -> score -> mix for a job; return what ran, what was skipped and any errors."""
+    result = RunResult()
+    files = list_input_files(job.input.paths, job.input.glob)
+    model = run_train(job, result)
+    scores = run_score(job, files, model, result)
+    run_mix(job, files, scores, result)
+    return result

@@ -1,0 +1,19 @@
+"""Shared fixtures: paths to the real data beside the project and to the bundled sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+BUNDLED_DOCS = REPO / "curate" / "data" / "mathweb"
+BUNDLED_LABELS = REPO / "curate" / "data" / "labels" / "gold.parquet"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "data" / "mathweb").is_dir():
+        pytest.fail(f"the shared data folder is missing: {SHARED}")
+    return SHARED

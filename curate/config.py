@@ -56,6 +56,23 @@ class MixConfig(_Section):
     materialize: bool = Field(False, description="write each repeat as its own row, shuffled")
 
 
+class SlurmConfig(_Section):
+    """Site settings for `--executor slurm` (datatrove's SlurmPipelineExecutor, sbatch array jobs)."""
+
+    partition: str | None = Field(None, description="partition to submit to; the cluster's default when unset")
+    time: str = Field("04:00:00", description="time limit of each array task (sbatch --time)")
+    cpus_per_task: int = Field(1, ge=1)
+    mem_per_cpu_gb: int = Field(2, ge=1)
+    gpus_per_task: int = Field(0, ge=0, description="GPUs per task (the label stage on GPU nodes)")
+    env_command: str | None = Field(None, description="shell line that activates the Python environment on the nodes, "
+                                                       "e.g. 'source /path/to/venv/bin/activate'")
+    sbatch_args: dict[str, str] = Field(default_factory=dict, description="extra sbatch options, e.g. {account: proj}")
+    job_name_prefix: str | None = Field(None, description="prefix of the Slurm job names; the job's name when unset")
+    max_array_size: int = Field(1001, ge=1, description="the cluster's MaxArraySize")
+    dask_workers: int = Field(1, ge=0, description="dask_jobqueue.SLURMCluster workers for the mix's global pass "
+                                                  "(0: a dask LocalCluster inside the mix task)")
+
+
 class Job(_Section):
     name: str
     output_dir: str
@@ -64,6 +81,8 @@ class Job(_Section):
     train: TrainConfig = TrainConfig()
     score: ScoreConfig = ScoreConfig()
     mix: MixConfig = MixConfig()
+    executor: Literal["local", "slurm"] = "local"
+    slurm: SlurmConfig = SlurmConfig()
 
     @property
     def out(self) -> Path:

@@ -78,6 +78,19 @@ def _cmd_mix(args) -> int:
     return 1 if stats["input_file_errors"] else 0
 
 
+def _cmd_audit(args) -> int:
+    from curate.audit import audit
+
+    results = audit(args.output_dir)
+    for stage in results:
+        dropped = ", ".join(f"{k} {v}" for k, v in stage.dropped.items() if v) or "none"
+        counts = ", ".join(f"{k} {v}" for k, v in stage.counts.items())
+        print(f"{stage.stage:6s} {'OK' if not stage.problems else 'MISMATCH'}: {counts}; dropped: {dropped}")
+        for problem in stage.problems:
+            print(f"  {problem}")
+    return 1 if any(stage.problems for stage in results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="curate", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -110,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     add_model_options(p, MixConfig)
     p.set_defaults(func=_cmd_mix)
+
+    p = sub.add_parser("audit", help="check that every document is accounted for in every stage of an output folder")
+    p.add_argument("output_dir", help="a job's output_dir")
+    p.set_defaults(func=_cmd_audit)
     return parser
 
 

@@ -132,6 +132,18 @@ def to_document(record: dict, path: str, row: int) -> dict | Dropped:
     return {ID: doc_id(url, text), URL: url, TEXT: text, DATE: record.get(DATE), METADATA: metadata}
 
 
+def metadata_problem(document: dict) -> str | None:
+    """Why a document's `metadata` is unusable (not a JSON object), or None when it is fine or absent."""
+    raw = document.get(METADATA)
+    if raw is None:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        return f"metadata is not valid JSON ({str(e).splitlines()[0]})"
+    return None if isinstance(value, dict) else f"metadata is JSON {type(value).__name__}, not an object"
+
+
 def iter_documents(path: str) -> Iterator[dict | Dropped]:
     """Documents of one input file in file order, with `Dropped` in place of unusable rows."""
     for row, record in enumerate(iter_rows(path)):

@@ -19,7 +19,9 @@ from datatrove.pipeline.writers.parquet import ParquetWriter
 from datatrove.utils.logging import logger
 
 from curate.config import ScoreConfig
-from curate.io import Dropped, InputError, iter_documents, list_input_files, read_json, write_json
+from curate.io import (
+    Dropped, InputError, iter_documents, list_input_files, metadata_problem, read_json, write_json,
+)
 from curate.progress import Progress
 from curate.schema import (
     BEHAVIOR_SCORE,
@@ -62,35 +64,41 @@ class OpenWebMathReader(BaseDiskReader):
         self.files = files
         self.errors_folder = errors_folder
 
-    def _report_file_error(self, rank: int, message: str) -> None:
+    def _report_file_error(self, rank: int, path: str, message: str, rows_read: int) -> None:
         logger.error(message)
         self.stat_update("failed_files")
         Path(self.errors_folder).mkdir(parents=True, exist_ok=True)
         with open(Path(self.errors_folder) / f"{rank:05d}.jsonl", "a") as f:
-            f.write(json.dumps({"rank": rank, "error": message}) + "\n")
+            f.write(json.dumps({"rank": rank, "path": path, "error": message, "rows_read": rows_read}) + "\n")
 
     def read_file(self, filepath: str) -> DocumentsPipeline:  # the base class's per-file hook
-        for item in iter_documents(filepath):
+        for row, item in enumerate(iter_documents(filepath)):
+            self.stat_update("rows_seen")
             if isinstance(item, Dropped):
                 logger.warning(item.message())
                 self.stat_update(f"dropped_{item.reason}")
                 continue
+            if problem := metadata_problem(item):
+                logger.warning(f"{filepath}: row {row}: {problem} (document kept)")
+                self.stat_update("warning_bad_metadata")
             yield Document(text=item[TEXT], id=item[ID], metadata={URL: item[URL]})
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         shard = self.files[rank::world_size]
         progress = Progress(f"rank {rank} read", total=sum(_row_count(f) or 0 for f in shard) or None, logger=logger)
-        if os.path.exists(Path(self.errors_folder) / f"{rank:05d}.jsonl"):
-            os.unlink(Path(self.errors_folder) / f"{rank:05d}.jsonl")
+        errors_file = Path(self.errors_folder) / f"{rank:05d}.jsonl"
+        if errors_file.exists():  # a relaunched rank reports its own errors afresh
+            errors_file.unlink()
         for path in shard:
             self.stat_update("input_files")
+            rows_before = self.stats["rows_seen"].total
             try:
                 for doc in self.read_file(path):
                     self.stat_update("documents_in")
                     progress.update()
                     yield doc
             except InputError as e:
-                self._report_file_error(rank, str(e))
+                self._report_file_error(rank, path, str(e), int(self.stats["rows_seen"].total - rows_before))
         progress.finish()
 
 
@@ -262,7 +270,7 @@ def score(files: list[str], model_path: str, out_dir: str | Path, cfg: ScoreConf
         tasks=cfg.tasks, workers=min(cfg.workers, cfg.tasks), logging_dir=str(out_dir / LOGS_DIR),
     )
     executor.run()
-    summary = {"fingerprint": fingerprint, "files": len(files), "tokens": tokens,
+    summary = {"fingerprint": fingerprint, "input_files": files, "tokens": tokens,
                "file_errors": file_errors(out_dir), "skipped": False}
     write_json(summary, done_path)
     return summary

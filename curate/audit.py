@@ -1,0 +1,122 @@
+"""`curate audit OUTPUT_DIR`: every document accounted for, in every stage.
+
+Input rows are counted independently of the stages (Parquet footers, JSONL lines) and checked
+against what the stages report and what their output files hold:
+
+- score: rows of the readable input files (plus rows read from files that failed midway) =
+  rows the readers saw = attribute rows written + rows dropped by reason; every rank finished.
+- mix: scored rows = documents in the mix + documents dropped by reason, and the mix shards hold
+  exactly the documents (or copies, when materialized) that stats.json says.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from curate.io import read_json
+from curate.schema import REPEATS
+
+
+@dataclass
+class StageAudit:
+    """One stage's counts and the checks that failed on them."""
+
+    stage: str
+    counts: dict = field(default_factory=dict)
+    dropped: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def check(self, what: str, left: int, right: int) -> None:
+        if left != right:
+            self.problems.append(f"{what}: {left} != {right}")
+
+
+def count_input_rows(path: str) -> int:
+    """Rows in an input file without parsing it: the Parquet footer, or JSONL lines."""
+    if path.endswith(".parquet"):
+        return pq.ParquetFile(path).metadata.num_rows
+    import fsspec
+
+    with fsspec.open(path, "rb", compression="infer") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def parquet_rows(files) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def _stat_total(value) -> int:
+    return int(value["total"] if isinstance(value, dict) else value)
+
+
+def _reader_stats(logs: Path) -> tuple[dict, int]:
+    """Summed reader counters over the ranks' datatrove stats, and how many ranks reported."""
+    totals: dict[str, int] = {}
+    ranks = 0
+    for f in sorted((logs / "stats").glob("*.json")):
+        ranks += 1
+        for step in json.loads(f.read_text()):
+            if "READER" in step["name"]:
+                for key, value in step["stats"].items():
+                    totals[key] = totals.get(key, 0) + _stat_total(value)
+    return totals, ranks
+
+
+def audit_score(scores_dir: Path) -> StageAudit:
+    from curate.score import ERRORS_DIR, LOGS_DIR, scored_shards
+
+    result = StageAudit("score")
+    done = read_json(scores_dir / "_DONE.json")
+    errors = [json.loads(line) for f in sorted((scores_dir / ERRORS_DIR).glob("*.jsonl"))
+              for line in f.read_text().splitlines()] if (scores_dir / ERRORS_DIR).is_dir() else []
+    failed = {e["path"]: e.get("rows_read", 0) for e in errors}
+    rows_in = sum(count_input_rows(f) for f in done["input_files"] if f not in failed) + sum(failed.values())
+    reader, ranks = _reader_stats(scores_dir / LOGS_DIR)
+    written = parquet_rows(scored_shards(scores_dir))
+    result.dropped = {k.removeprefix("dropped_"): v for k, v in reader.items() if k.startswith("dropped_")}
+    result.counts = {"input_files": len(done["input_files"]), "failed_files": len(failed), "rows_in": rows_in,
+                     "rows_seen": reader.get("rows_seen", 0), "out": written, "ranks_reported": ranks}
+    result.check("rows in input files vs rows the readers saw", rows_in, reader.get("rows_seen", 0))
+    result.check("rows seen vs written + dropped", reader.get("rows_seen", 0), written + sum(result.dropped.values()))
+    result.check("documents read vs attribute rows written", reader.get("documents_in", 0), written)
+    completions = len(list((scores_dir / LOGS_DIR / "completions").glob("*")))
+    tasks = json.loads((scores_dir / LOGS_DIR / "executor.json").read_text()).get("tasks", completions)
+    result.check("ranks completed vs tasks", completions, tasks)
+    return result
+
+
+def audit_mix(mix_dir: Path, scored_rows: int) -> StageAudit:
+    from curate.mix import SHARD_PREFIX, STATS_FILE
+
+    result = StageAudit("mix")
+    stats = read_json(mix_dir / STATS_FILE)
+    shards = sorted(mix_dir.glob(f"{SHARD_PREFIX}*.parquet"))
+    rows = parquet_rows(shards)
+    copies = sum(sum(pq.read_table(s, columns=[REPEATS]).column(REPEATS).to_pylist()) for s in shards)
+    result.dropped = dict(stats["docs_dropped"])
+    result.counts = {"in": stats["docs_in"], "out": stats["docs_out"], "copies": stats["copies_out"], "rows": rows}
+    result.check("scored rows vs mix input", scored_rows, stats["docs_in"])
+    result.check("mix input vs out + dropped", stats["docs_in"], stats["docs_out"] + sum(result.dropped.values()))
+    if stats["materialized"]:
+        result.check("shard rows vs copies", rows, stats["copies_out"])
+    else:
+        result.check("shard rows vs documents out", rows, stats["docs_out"])
+        result.check("repeats in shards vs copies", copies, stats["copies_out"])
+    return result
+
+
+def audit(output_dir: str | Path) -> list[StageAudit]:
+    """Audit every stage present in a job's output folder."""
+    output_dir = Path(output_dir)
+    results = []
+    if (output_dir / "scores" / "_DONE.json").exists():
+        results.append(audit_score(output_dir / "scores"))
+        if (output_dir / "mix" / "stats.json").exists():
+            results.append(audit_mix(output_dir / "mix", results[-1].counts["out"]))
+    if not results:
+        raise FileNotFoundError(f"{output_dir}: no finished stage to audit (no scores/_DONE.json)")
+    return results

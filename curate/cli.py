@@ -33,6 +33,10 @@ def _cmd_run(args) -> int:
     from curate.run import run_job
 
     job = load_job(args.job)
+    if args.executor:
+        job.executor = args.executor
+    if job.executor == "slurm":
+        return _submit(job)
     start = time.monotonic()
     result = run_job(job)
     for stage, why in result.skipped.items():
@@ -42,6 +46,28 @@ def _cmd_run(args) -> int:
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
     return 0 if result.ok else 1
+
+
+def _submit(job) -> int:
+    from curate.cluster import submit
+
+    submitted = submit(job)
+    if not submitted:
+        print(f"nothing to submit: all stages are current in {job.out}")
+    for stage, job_id in submitted.items():
+        print(f"submitted {stage}: Slurm job {job_id}")
+    if submitted:
+        print(f"follow it with: curate status {job.out}")
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from curate.cluster import status
+
+    stages = status(args.output_dir)
+    for stage in stages:
+        print(stage.line())
+    return 1 if any(stage.failed for stage in stages) else 0
 
 
 def _cmd_train(args) -> int:
@@ -98,7 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a job file (train -> score -> mix), skipping finished stages")
     p.add_argument("job", help="job YAML file, e.g. jobs/dryrun.yaml")
+    p.add_argument("--executor", choices=["local", "slurm"], default=None,
+                   help="run here, or submit the chain of Slurm array jobs and return (default: the job's `executor`)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("status", help="per-stage progress of the Slurm jobs of an output folder, and their logs")
+    p.add_argument("output_dir", help="the job's output_dir")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("train", help="distil a labels file into the fastText behavior classifier")
     p.add_argument("labels", help="labels Parquet file")

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.cluster import DaskCluster
 from curate.config import MixConfig
 from curate.io import Dropped, InputError, atomic_path, iter_documents, write_json
 from curate.progress import Progress
@@ -38,13 +39,15 @@ class MixError(ValueError):
     """A mix that cannot be made as configured."""
 
 
-def load_scores(shards: list[str]) -> pa.Table:
-    """All attribute rows (id, scores, n_tokens) of the scored shards, via dask."""
+def load_scores(shards: list[str], dask_cluster: DaskCluster | None = None) -> pa.Table:
+    """All attribute rows (id, scores, n_tokens) of the scored shards, read by the workers of a dask
+    cluster (a LocalCluster unless `dask_cluster` says otherwise, e.g. dask-jobqueue on Slurm)."""
     import dask.dataframe as dd
 
     if not shards:
         raise MixError("no scored shards to mix")
-    frame = dd.read_parquet(shards, columns=[ID, *SCORE_COLUMNS, N_TOKENS]).compute()
+    with (dask_cluster or DaskCluster()).client():
+        frame = dd.read_parquet(shards, columns=[ID, *SCORE_COLUMNS, N_TOKENS]).compute()
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
@@ -227,11 +230,11 @@ def write_mix(input_files: list[str], selected: dict[str, dict], out_dir: Path, 
 
 
 def mix(input_files: list[str], score_shards: list[str], out_dir: str | Path, cfg: MixConfig, seed: int = 0,
-        fingerprint: str | None = None) -> dict:
+        fingerprint: str | None = None, dask_cluster: DaskCluster | None = None) -> dict:
     """Make the mix: choose copies from the scores, write shards and `stats.json`; return the stats."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = load_scores(score_shards)
+    table = load_scores(score_shards, dask_cluster)
     ids = table.column(ID).to_pylist()
     first = {}
     for i, doc_id in enumerate(ids):

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from curate.cluster import DaskCluster
 from curate.config import Job
 from curate.io import list_input_files, read_json
 from curate import mix as mix_stage
@@ -41,16 +42,37 @@ def _current(path: Path, fingerprint: str) -> bool:
     return path.exists() and read_json(path).get("fingerprint") == fingerprint
 
 
-def run_train(job: Job, result: RunResult) -> Path:
-    labels = job.train.labels
-    if labels is None:
+def train_fingerprint(job: Job) -> str:
+    """What the classifier depends on: the labels' bytes, the train settings and the seed."""
+    if job.train.labels is None:
         raise ValueError("train.labels is not set and the job has no label stage")
+    return _fingerprint(train_stage.file_sha256(job.train.labels), job.train.model_dump(), job.seed)
+
+
+def train_current(job: Job) -> bool:
+    """Whether the job's classifier was trained on the same labels and settings."""
     out = job.out / "classifier"
-    fingerprint = _fingerprint(train_stage.file_sha256(labels), job.train.model_dump(), job.seed)
-    if _current(out / train_stage.CARD_FILE, fingerprint) and (out / train_stage.MODEL_FILE).exists():
+    return _current(out / train_stage.CARD_FILE, train_fingerprint(job)) and (out / train_stage.MODEL_FILE).exists()
+
+
+def mix_fingerprint(job: Job, scores_fingerprint: str) -> str:
+    """What the mix depends on: the scores, the mix settings, the seed and the job's name."""
+    return _fingerprint(scores_fingerprint, job.mix.model_dump(), job.seed, job.name)
+
+
+def mix_current(job: Job, scores_fingerprint: str) -> bool:
+    """Whether the job's mix and card were made from the same scores and settings."""
+    out = job.out / "mix"
+    return _current(out / mix_stage.STATS_FILE, mix_fingerprint(job, scores_fingerprint)) and (
+        out / report.CARD_FILE).exists()
+
+
+def run_train(job: Job, result: RunResult) -> Path:
+    out = job.out / "classifier"
+    if train_current(job):
         result.skipped["train"] = f"{out / train_stage.CARD_FILE} was trained on the same labels and settings"
     else:
-        card = train_stage.train(labels, out, job.train, seed=job.seed, fingerprint=fingerprint)
+        card = train_stage.train(job.train.labels, out, job.train, seed=job.seed, fingerprint=train_fingerprint(job))
         result.ran.append("train")
         log.info("train: held-out ROC-AUC %s", {b: m["roc_auc"] for b, m in card["metrics"].items()})
     return out / train_stage.MODEL_FILE
@@ -68,13 +90,12 @@ def run_score(job: Job, files: list[str], model: Path, result: RunResult) -> dic
 
 def run_mix(job: Job, files: list[str], scores: dict, result: RunResult) -> dict:
     out = job.out / "mix"
-    fingerprint = _fingerprint(scores["fingerprint"], job.mix.model_dump(), job.seed, job.name)
-    stats_path = out / mix_stage.STATS_FILE
-    if _current(stats_path, fingerprint) and (out / report.CARD_FILE).exists():
+    fingerprint = mix_fingerprint(job, scores["fingerprint"])
+    if mix_current(job, scores["fingerprint"]):
         result.skipped["mix"] = f"{out} was mixed from the same scores and settings"
-        return read_json(stats_path)
+        return read_json(out / mix_stage.STATS_FILE)
     stats = mix_stage.mix(files, score_stage.scored_shards(job.out / "scores"), out, job.mix, seed=job.seed,
-                          fingerprint=fingerprint)
+                          fingerprint=fingerprint, dask_cluster=DaskCluster.for_job(job))
     classifier_card = read_json(job.out / "classifier" / train_stage.CARD_FILE)
     report.write_card(out, job.name, stats, classifier_card, scores["tokens"])
     result.ran.append("mix")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
@@ -21,6 +22,7 @@ from datatrove.utils.logging import logger
 from curate.config import ScoreConfig
 from curate.io import (
     Dropped, InputError, iter_documents, list_input_files, metadata_problem, read_json, write_json,
+    write_text,
 )
 from curate.progress import Progress
 from curate.schema import (
@@ -36,7 +38,7 @@ from curate.schema import (
 )
 
 ERRORS_DIR, LOGS_DIR = "errors", "logs"
-TOKENS_FILE, DONE_FILE = "tokens.json", "_DONE.json"
+TOKENS_FILE, DONE_FILE, FINGERPRINT_FILE = "tokens.json", "_DONE.json", "fingerprint"
 
 
 def _row_count(path: str) -> int | None:
@@ -241,12 +243,9 @@ def file_errors(out_dir: str | Path) -> list[str]:
     return [json.loads(line)["error"] for f in sorted(folder.glob("*.jsonl")) for line in f.read_text().splitlines()]
 
 
-def score(files: list[str], model_path: str, out_dir: str | Path, cfg: ScoreConfig) -> dict:
-    """Run the scoring pipeline locally. Returns a summary; a finished identical run is not redone."""
-    from datatrove.executor import LocalPipelineExecutor
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def token_settings(files: list[str], out_dir: Path, cfg: ScoreConfig) -> dict:
+    """How documents' tokens are counted: exactly, or by the chars-per-token ratio, calibrated once
+    and kept in `tokens.json` so that every rank (and every relaunch) uses the same ratio."""
     tokens_path = out_dir / TOKENS_FILE
     if cfg.token_count == "exact":
         tokens = {"tokenizer": cfg.tokenizer, "mode": "exact"}
@@ -255,24 +254,49 @@ def score(files: list[str], model_path: str, out_dir: str | Path, cfg: ScoreConf
     else:
         tokens = calibrate(files, cfg)
     write_json(tokens, tokens_path)
+    return tokens
+
+
+def claim_scores(out_dir: Path, fingerprint: str) -> None:
+    """Make `out_dir` hold only work done for `fingerprint`: when the recorded fingerprint differs,
+    forget finished ranks (datatrove completions) and delete shards. An interrupted run with the same
+    settings keeps its finished ranks and resumes; one with other settings starts afresh."""
+    marker = out_dir / LOGS_DIR / FINGERPRINT_FILE
+    if marker.exists() and marker.read_text() == fingerprint:
+        return
+    shutil.rmtree(out_dir / LOGS_DIR / "completions", ignore_errors=True)
+    for old in out_dir.glob("*.parquet"):
+        old.unlink()
+    write_text(fingerprint, marker)
+
+
+def prepare(files: list[str], model_path: str, out_dir: Path, cfg: ScoreConfig) -> tuple[dict, str, bool]:
+    """Token settings and fingerprint of a scoring run, and whether it is already done; when it is
+    not, readies `out_dir` for it (see `claim_scores`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokens = token_settings(files, out_dir, cfg)
     fingerprint = scores_fingerprint(model_path, files, cfg, tokens.get("chars_per_token"))
     done_path = out_dir / DONE_FILE
-    if done_path.exists() and read_json(done_path).get("fingerprint") == fingerprint:
-        return {**read_json(done_path), "skipped": True}
-    if (out_dir / LOGS_DIR).exists():  # inputs or model changed: earlier completions no longer hold
-        import shutil
+    done = done_path.exists() and read_json(done_path).get("fingerprint") == fingerprint
+    if not done:
+        claim_scores(out_dir, fingerprint)
+    return tokens, fingerprint, done
 
-        shutil.rmtree(out_dir / LOGS_DIR)
-        for old in out_dir.glob("*.parquet"):
-            old.unlink()
-    executor = LocalPipelineExecutor(
-        pipeline=build_pipeline(files, model_path, out_dir, cfg, tokens),
-        tasks=cfg.tasks, workers=min(cfg.workers, cfg.tasks), logging_dir=str(out_dir / LOGS_DIR),
-    )
-    executor.run()
+
+def score(files: list[str], model_path: str, out_dir: str | Path, cfg: ScoreConfig) -> dict:
+    """Run the scoring pipeline locally (ranks already finished, e.g. by Slurm array tasks, are
+    skipped). Returns a summary; a finished identical run is not redone."""
+    from curate.cluster import build_executor
+
+    out_dir = Path(out_dir)
+    tokens, fingerprint, done = prepare(files, model_path, out_dir, cfg)
+    if done:
+        return {**read_json(out_dir / DONE_FILE), "skipped": True}
+    build_executor(build_pipeline(files, model_path, out_dir, cfg, tokens), tasks=cfg.tasks, workers=cfg.workers,
+                   logging_dir=out_dir / LOGS_DIR).run()
     summary = {"fingerprint": fingerprint, "input_files": files, "tokens": tokens,
                "file_errors": file_errors(out_dir), "skipped": False}
-    write_json(summary, done_path)
+    write_json(summary, out_dir / DONE_FILE)
     return summary
 
 

@@ -73,6 +73,40 @@ class SlurmConfig(_Section):
                                                   "(0: a dask LocalCluster inside the mix task)")
 
 
+class DedupConfig(_Section):
+    """Near-duplicate removal (MinHash + LSH); each cluster's best-scoring document is kept."""
+
+    enabled: bool = True
+    backend: Literal["datasketch", "datatrove"] = Field(
+        "datasketch", description="'datasketch': in one process; 'datatrove': MinHash stages as pipelines (clusters)")
+    num_perm: int = Field(128, ge=8, description="MinHash permutations (datatrove: buckets x hashes per bucket)")
+    threshold: float = Field(0.8, gt=0, lt=1, description="estimated Jaccard similarity of word shingles above which two documents are near-duplicates")
+    bands: int | None = Field(None, ge=1, description="LSH bands (rows = num_perm // bands); default: chosen for the threshold")
+    shingle_size: int = Field(5, ge=1, description="words per shingle")
+    seed: int = Field(1, description="MinHash permutation seed")
+
+
+class EvalSetConfig(_Section):
+    """An evaluation set to keep out of the mix: Parquet/JSONL, one item per row."""
+
+    path: str
+    name: str | None = Field(None, description="name in reports; defaults to the file name")
+    fields: list[str] = Field(["text"], min_length=1, description="text columns of an item, e.g. [question, answer]")
+    id_field: str | None = Field(None, description="column naming an item; default: its row number")
+
+
+class DecontaminationConfig(_Section):
+    """Drop documents sharing a long n-gram of lowercase word tokens with an evaluation item."""
+
+    ngram: int = Field(13, ge=1, description="n-gram length in word tokens")
+    eval_sets: list[EvalSetConfig] = Field([], description="evaluation sets; none: decontamination is off")
+
+
+class FiltersConfig(_Section):
+    dedup: DedupConfig = DedupConfig()
+    decontaminate: DecontaminationConfig = DecontaminationConfig()
+
+
 class Job(_Section):
     name: str
     output_dir: str
@@ -80,6 +114,7 @@ class Job(_Section):
     input: InputConfig
     train: TrainConfig = TrainConfig()
     score: ScoreConfig = ScoreConfig()
+    filters: FiltersConfig = FiltersConfig()
     mix: MixConfig = MixConfig()
     executor: Literal["local", "slurm"] = "local"
     slurm: SlurmConfig = SlurmConfig()

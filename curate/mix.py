@@ -230,8 +230,12 @@ def write_mix(input_files: list[str], selected: dict[str, dict], out_dir: Path, 
 
 
 def mix(input_files: list[str], score_shards: list[str], out_dir: str | Path, cfg: MixConfig, seed: int = 0,
-        fingerprint: str | None = None, dask_cluster: DaskCluster | None = None) -> dict:
-    """Make the mix: choose copies from the scores, write shards and `stats.json`; return the stats."""
+        fingerprint: str | None = None, dask_cluster: DaskCluster | None = None,
+        exclude: dict[str, str] | None = None) -> dict:
+    """Make the mix: choose copies from the scores, write shards and `stats.json`; return the stats.
+
+    `exclude` maps ids to keep out of the mix to a reason (e.g. the filter stage's `near_duplicate`,
+    `contamination`); they take no budget and are counted under `docs_dropped[reason]`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = load_scores(score_shards, dask_cluster)
@@ -243,9 +247,17 @@ def mix(input_files: list[str], score_shards: list[str], out_dir: str | Path, cf
     unique[list(first.values())] = True
     scores = table.column(BEHAVIOR_SCORE).to_numpy()
     tokens = table.column(N_TOKENS).to_numpy()
-    repeats, weights = choose_repeats(ids, scores, tokens, cfg, seed)
-    repeats[~unique] = 0
-    dropped = {"duplicate_id": int((~unique).sum()), "not_selected": int(((repeats == 0) & unique).sum())}
+    exclude = exclude or {}
+    excluded = np.array([doc_id in exclude for doc_id in ids], dtype=bool)
+    eligible = np.flatnonzero(unique & ~excluded)
+    repeats, weights = np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids))
+    repeats[eligible], weights[eligible] = choose_repeats([ids[i] for i in eligible], scores[eligible],
+                                                          tokens[eligible], cfg, seed)
+    dropped = {"duplicate_id": int((~unique).sum()),
+               **{reason: 0 for reason in sorted(set(exclude.values()))},
+               "not_selected": int(((repeats == 0) & unique & ~excluded).sum())}
+    for i in np.flatnonzero(unique & excluded):
+        dropped[exclude[ids[i]]] += 1
     rows = table.to_pylist()
     selected = {
         ids[i]: {**{k: rows[i][k] for k in (ID, *SCORE_COLUMNS, N_TOKENS)}, WEIGHT: float(weights[i]),

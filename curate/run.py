@@ -16,6 +16,7 @@ from curate.cluster import DaskCluster
 from curate.config import Job
 from curate.io import list_input_files, read_json
 from curate import mix as mix_stage
+from curate import filters as filters_stage
 from curate import report, score as score_stage, train as train_stage
 
 log = logging.getLogger("curate")
@@ -55,9 +56,20 @@ def train_current(job: Job) -> bool:
     return _current(out / train_stage.CARD_FILE, train_fingerprint(job)) and (out / train_stage.MODEL_FILE).exists()
 
 
+def filters_fingerprint(job: Job, scores_fingerprint: str) -> str | None:
+    """What the filter decisions depend on: the scores, the filter settings and the evaluation sets'
+    bytes; None when the job runs no filter."""
+    cfg = job.filters
+    if not cfg.dedup.enabled and not cfg.decontaminate.eval_sets:
+        return None
+    return _fingerprint(scores_fingerprint, cfg.model_dump(), job.score.tasks,
+                        [train_stage.file_sha256(s.path) for s in cfg.decontaminate.eval_sets])
+
+
 def mix_fingerprint(job: Job, scores_fingerprint: str) -> str:
-    """What the mix depends on: the scores, the mix settings, the seed and the job's name."""
-    return _fingerprint(scores_fingerprint, job.mix.model_dump(), job.seed, job.name)
+    """What the mix depends on: the scores, the filter decisions, the mix settings, the seed and the job's name."""
+    return _fingerprint(scores_fingerprint, job.mix.model_dump(), job.seed, job.name,
+                        filters_fingerprint(job, scores_fingerprint))
 
 
 def mix_current(job: Job, scores_fingerprint: str) -> bool:
@@ -88,25 +100,43 @@ def run_score(job: Job, files: list[str], model: Path, result: RunResult) -> dic
     return summary
 
 
-def run_mix(job: Job, files: list[str], scores: dict, result: RunResult) -> dict:
+def run_filters(job: Job, files: list[str], scores: dict, result: RunResult) -> dict[str, str] | None:
+    """Decontamination and near-duplicate removal, when the job asks for either; returns the
+    {id: reason} of the documents the mix leaves out."""
+    fingerprint = filters_fingerprint(job, scores["fingerprint"])
+    if fingerprint is None:
+        return None
+    out = job.out / "filters"
+    if _current(out / filters_stage.REPORT_FILE, fingerprint) and (out / filters_stage.DROPS_FILE).exists():
+        result.skipped["filters"] = f"{out} holds filter decisions for the same scores, settings and evaluation sets"
+    else:
+        report_json = filters_stage.run_filters(files, score_stage.scored_shards(job.out / "scores"), out,
+                                                job.filters, tasks=job.score.tasks, workers=job.score.workers,
+                                                fingerprint=fingerprint)
+        result.ran.append("filters")
+        log.info("filters: dropped %s", report_json["dropped"])
+    return filters_stage.read_drops(out)
+
+
+def run_mix(job: Job, files: list[str], scores: dict, result: RunResult,
+            exclude: dict[str, str] | None = None) -> dict:
     out = job.out / "mix"
     fingerprint = mix_fingerprint(job, scores["fingerprint"])
     if mix_current(job, scores["fingerprint"]):
         result.skipped["mix"] = f"{out} was mixed from the same scores and settings"
         return read_json(out / mix_stage.STATS_FILE)
     stats = mix_stage.mix(files, score_stage.scored_shards(job.out / "scores"), out, job.mix, seed=job.seed,
-                          fingerprint=fingerprint, dask_cluster=DaskCluster.for_job(job))
-    classifier_card = read_json(job.out / "classifier" / train_stage.CARD_FILE)
-    report.write_card(out, job.name, stats, classifier_card, scores["tokens"])
+                          fingerprint=fingerprint, dask_cluster=DaskCluster.for_job(job), exclude=exclude)
+    report.write_report(job.out, job.name)
     result.ran.append("mix")
     return stats
 
 
 def run_job(job: Job) -> RunResult:
-    """Run train -> score -> mix for a job; return what ran, what was skipped and any errors."""
+    """Run train -> score -> filters -> mix (+ report) for a job; return what ran, what was skipped and any errors."""
     result = RunResult()
     files = list_input_files(job.input.paths, job.input.glob)
     model = run_train(job, result)
     scores = run_score(job, files, model, result)
-    run_mix(job, files, scores, result)
+    run_mix(job, files, scores, result, run_filters(job, files, scores, result))
     return result

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 
 import pyarrow as pa
 
@@ -55,6 +56,11 @@ MIX_SCHEMA = pa.schema(
     ]
 )
 
+# Filter decisions (near-duplicates, contamination): one row per document kept out of the mix.
+REASON, DETAIL = "reason", "detail"
+NEAR_DUPLICATE, CONTAMINATION = "near_duplicate", "contamination"
+DROPS_SCHEMA = pa.schema([(ID, pa.string()), (REASON, pa.string()), (DETAIL, pa.string())])
+
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -69,3 +75,12 @@ def normalize_text(text: str) -> str:
     """The one text normalization used at training and at scoring: newlines and runs of
     whitespace become single spaces."""
     return _WHITESPACE.sub(" ", text).strip()
+
+
+_WORD = re.compile(r"\w+")
+
+
+def word_tokens(text: str) -> list[str]:
+    """Lowercase word tokens (runs of letters, digits and underscore; NFKC-normalized): the units of
+    near-duplicate shingles and contamination n-grams."""
+    return _WORD.findall(unicodedata.normalize("NFKC", text).lower())

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.slurm_cluster import slurm_cluster  # noqa: F401  (the real Slurm cluster fixture)
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 BUNDLED_DOCS = REPO / "curate" / "data" / "mathweb"

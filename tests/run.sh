@@ -4,4 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash install.sh --test
+# a real single-node Slurm cluster for tests/test_slurm.py (installs the Debian packages if missing)
+slurm_dir=$(mktemp -d /tmp/curate-slurm.XXXXXX)
+trap 'bash slurm/stop.sh "$slurm_dir"' EXIT
+bash slurm/start.sh "$slurm_dir"
+export SLURM_CONF="$slurm_dir/slurm.conf"
 python3 -m pytest "$@"

@@ -10,7 +10,7 @@ import typing
 
 from pydantic import BaseModel, ValidationError
 
-from curate.config import JobError, MixConfig, ScoreConfig, TrainConfig, load_job
+from curate.config import DedupConfig, JobError, MixConfig, ScoreConfig, TrainConfig, load_job
 
 
 def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
@@ -96,12 +96,51 @@ def _cmd_mix(args) -> int:
     from curate.mix import mix
     from curate.score import scored_shards
 
+    exclude = None
+    if args.filters:
+        from curate.filters import read_drops
+
+        exclude = read_drops(args.filters)
     stats = mix(list_input_files(args.inputs, args.glob), scored_shards(args.scores), args.out,
-                model_from_options(MixConfig, args), seed=args.seed)
+                model_from_options(MixConfig, args), seed=args.seed, exclude=exclude)
     print(f"{stats['docs_out']} documents, {stats['tokens_out']:,} tokens in {len(stats['shards'])} shards in {args.out}")
     for error in stats["input_file_errors"]:
         print(f"error: {error}", file=sys.stderr)
     return 1 if stats["input_file_errors"] else 0
+
+
+def _cmd_filter(args) -> int:
+    from curate.config import DecontaminationConfig, EvalSetConfig, FiltersConfig
+    from curate.filters import run_filters
+    from curate.io import list_input_files
+    from curate.score import scored_shards
+
+    eval_sets = [EvalSetConfig(path=path, fields=args.eval_fields.split(","), id_field=args.eval_id_field)
+                 for path in args.eval]
+    cfg = FiltersConfig(dedup=model_from_options(DedupConfig, args),
+                        decontaminate=DecontaminationConfig(ngram=args.ngram, eval_sets=eval_sets))
+    report = run_filters(list_input_files(args.inputs, args.glob), scored_shards(args.scores), args.out, cfg,
+                         tasks=args.tasks, workers=args.workers)
+    for match in report.get("contamination", {}).get("matches", []):
+        print(f"contamination: {match['document']} <- {', '.join(match['items'])}")
+    print(f"dropped {report['dropped']['near_duplicate']} near-duplicates and {report['dropped']['contamination']} "
+          f"contaminated documents; decisions in {args.out}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from curate.report import write_report
+
+    written = write_report(args.output_dir, name=args.name, labels=args.labels)
+    if written["agreement"] and not written["agreement"]["documents"]:
+        print(f"warning: no document of {args.labels} is among the scored documents; no agreement plot",
+              file=sys.stderr)
+    elif written["agreement"]:
+        for behavior, m in written["agreement"]["behaviors"].items():
+            auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
+            print(f"{behavior:18s} ROC-AUC {auc} ({m['positives']} positives of {written['agreement']['documents']})")
+    print(f"report: {written['index']}; card: {written['card']}")
+    return 0
 
 
 def _cmd_audit(args) -> int:
@@ -153,8 +192,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for shards, stats.json and README.md")
     p.add_argument("--glob", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--filters", default=None, help="a filters folder (curate filter): leave its drops out")
     add_model_options(p, MixConfig)
     p.set_defaults(func=_cmd_mix)
+
+    p = sub.add_parser("filter", help="decontaminate against evaluation sets and drop near-duplicates (decisions only)")
+    p.add_argument("inputs", nargs="+", help="the Parquet/JSONL files or folders that were scored")
+    p.add_argument("--scores", required=True, help="scores folder (near-duplicates: the best-scoring one is kept)")
+    p.add_argument("--out", required=True, help="output folder for drops.parquet and report.json")
+    p.add_argument("--glob", default=None)
+    p.add_argument("--eval", action="append", default=[], help="evaluation set (Parquet/JSONL), repeatable")
+    p.add_argument("--eval-fields", default="text", help="comma-separated text columns of the evaluation sets")
+    p.add_argument("--eval-id-field", default=None, help="column naming an item (default: row number)")
+    p.add_argument("--ngram", type=int, default=13, help="shared n-gram length that marks contamination")
+    p.add_argument("--tasks", type=int, default=2, help="ranks of the datatrove backend")
+    p.add_argument("--workers", type=int, default=2)
+    add_model_options(p, DedupConfig)
+    p.set_defaults(func=_cmd_filter)
+
+    p = sub.add_parser("report", help="plots, an HTML page and the dataset card of a job's output folder")
+    p.add_argument("output_dir", help="a job's output_dir")
+    p.add_argument("--labels", default=None, help="labels file: plot the classifier's agreement with it")
+    p.add_argument("--name", default=None, help="title (default: the folder's name)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("audit", help="check that every document is accounted for in every stage of an output folder")
     p.add_argument("output_dir", help="a job's output_dir")

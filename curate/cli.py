@@ -10,7 +10,7 @@ import typing
 
 from pydantic import BaseModel, ValidationError
 
-from curate.config import DedupConfig, JobError, MixConfig, ScoreConfig, TrainConfig, load_job
+from curate.config import DedupConfig, JobError, LabelConfig, MixConfig, SampleConfig, ScoreConfig, TrainConfig, load_job
 
 
 def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
@@ -156,6 +156,50 @@ def _cmd_audit(args) -> int:
     return 1 if any(stage.problems for stage in results) else 0
 
 
+def _cmd_sample(args) -> int:
+    from curate.sample import sample
+
+    stats = sample(args.inputs, args.out, model_from_options(SampleConfig, args), seed=args.seed, glob=args.glob)
+    print(f"{stats['documents_out']} of {stats['documents_in']} documents ({stats['near_duplicates_skipped']} "
+          f"near-duplicates skipped) in {args.out}")
+    for error in stats["file_errors"]:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if stats["file_errors"] else 0
+
+
+def _cmd_label(args) -> int:
+    from curate.label import LabelingStopped, label
+
+    try:
+        stats = label(args.sample, args.out, model_from_options(LabelConfig, args))
+    except LabelingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if stats["skipped"]:
+        print(f"skipped: labels in {args.out} are current")
+    run = stats["this_run"]
+    print(f"{stats['documents']} documents, {stats['documents_labeled']} fully labeled, parse failures "
+          f"{stats['parse_failure_rate']:.1%}, {stats['prompt_tokens_per_document']:.0f} prompt tokens/document; "
+          f"this run {run['documents']} documents in {run['seconds']:.1f}s; labels in {args.out}")
+    return 0
+
+
+def _cmd_eval_labels(args) -> int:
+    from curate.label import eval_labels
+
+    result = eval_labels(args.labels, args.reference)
+    print(f"{result['documents_in_both']} documents in both files")
+    for behavior, m in result["behaviors"].items():
+        rho = "n/a" if m["spearman"] is None else f"{m['spearman']:+.3f}"
+        print(f"{behavior:18s} Spearman {rho}  F1(count>0) {m['f1']:.3f}  P {m['precision']:.3f}  R {m['recall']:.3f}"
+              f"  (n={m['documents']})")
+    if args.json:
+        from curate.io import write_json
+
+        write_json(result, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="curate", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -170,6 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="per-stage progress of the Slurm jobs of an output folder, and their logs")
     p.add_argument("output_dir", help="the job's output_dir")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("sample", help="a seeded sample of documents to label, near-duplicates removed")
+    p.add_argument("inputs", nargs="+", help="Parquet/JSONL files or folders")
+    p.add_argument("--out", required=True, help="sample Parquet file (stats JSON beside it)")
+    p.add_argument("--glob", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    add_model_options(p, SampleConfig)
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("label", help="label a sample with an LLM (datatrove inference: vllm or an endpoint)")
+    p.add_argument("sample", help="sample Parquet file (from `curate sample`)")
+    p.add_argument("--out", required=True, help="output folder for labels.parquet, label_stats.json, checkpoints")
+    add_model_options(p, LabelConfig)
+    p.set_defaults(func=_cmd_label)
+
+    p = sub.add_parser("eval-labels", help="agreement of a labels file with reference labels, per behavior")
+    p.add_argument("labels", help="labels Parquet file")
+    p.add_argument("--reference", required=True, help="reference labels, e.g. ../shared/labels/gold.parquet")
+    p.add_argument("--json", default=None, help="also write the agreement as JSON here")
+    p.set_defaults(func=_cmd_eval_labels)
 
     p = sub.add_parser("train", help="distil a labels file into the fastText behavior classifier")
     p.add_argument("labels", help="labels Parquet file")

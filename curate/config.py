@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class JobError(ValueError):
@@ -54,6 +54,45 @@ class MixConfig(_Section):
     temperature: float = Field(1.0, gt=0)
     shard_rows: int = Field(50_000, ge=1, description="rows per output shard at most")
     materialize: bool = Field(False, description="write each repeat as its own row, shuffled")
+
+
+class SampleConfig(_Section):
+    n: int = Field(1000, ge=1, description="documents in the sample")
+    stratify: Literal["none", "domain"] = Field("none", description="'domain': each url host gets a share "
+                                                                     "proportional to its document count")
+    near_dup_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard similarity above which a "
+                                                                   "document is a near-duplicate of an earlier one")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations")
+    shingle_words: int = Field(5, ge=1, description="words per shingle")
+
+
+class LabelConfig(_Section):
+    model: str = Field(description="model name (endpoint) or path/hub id that `vllm serve` loads")
+    server_type: Literal["endpoint", "vllm"] = Field("endpoint", description="'endpoint': an OpenAI-compatible "
+                                                     "server at endpoint_url; 'vllm': start `vllm serve` per task")
+    endpoint_url: str | None = Field(None, description="base URL of the server, e.g. http://127.0.0.1:8000")
+    prompt: Literal["counts", "paper"] = Field("counts", description="'counts': one request per document, JSON "
+                                               "counts; 'paper': one request per behavior, <count>N</count>")
+    structured_output: Literal["auto", "json_schema", "json_object", "none"] = Field(
+        "auto", description="output constraint: auto = json_schema for vllm, json_object for endpoint (llama.cpp)")
+    max_doc_tokens: int = Field(3000, ge=16, description="documents are cut at a line boundary to this many tokens")
+    tokenizer: str = Field("smollm2", description="tokenizer that counts max_doc_tokens")
+    max_tokens: int = Field(128, ge=1, description="completion tokens per request at most")
+    temperature: float = Field(0.0, ge=0)
+    tp: int = Field(1, ge=1, description="tensor parallel size (vllm)")
+    max_model_len: int = Field(8192, ge=256, description="context length (vllm)")
+    concurrency: int = Field(32, ge=1, description="requests in flight per task")
+    request_timeout: float = Field(600.0, gt=0, description="seconds one request may take before it is retried")
+    retries: int = Field(3, ge=0, description="retries (exponential backoff) of a request after a 5xx or timeout")
+    tasks: int = Field(1, ge=1, description="datatrove tasks (each with its own vllm server)")
+    records_per_chunk: int = Field(500, ge=1, description="documents per checkpoint chunk")
+    server_ready_timeout: float = Field(1800.0, gt=0, description="seconds to wait for a started server")
+
+    @model_validator(mode="after")
+    def _endpoint_has_url(self):
+        if self.server_type == "endpoint" and not self.endpoint_url:
+            raise ValueError("server_type 'endpoint' needs endpoint_url")
+        return self
 
 
 class SlurmConfig(_Section):
@@ -116,6 +155,8 @@ class Job(_Section):
     score: ScoreConfig = ScoreConfig()
     filters: FiltersConfig = FiltersConfig()
     mix: MixConfig = MixConfig()
+    sample: SampleConfig | None = None
+    label: LabelConfig | None = None
     executor: Literal["local", "slurm"] = "local"
     slurm: SlurmConfig = SlurmConfig()
 

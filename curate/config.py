@@ -160,6 +160,17 @@ class Job(_Section):
     executor: Literal["local", "slurm"] = "local"
     slurm: SlurmConfig = SlurmConfig()
 
+    @model_validator(mode="after")
+    def _labels_from_one_place(self):
+        if (self.sample is None) != (self.label is None):
+            raise ValueError("the sample and label sections go together (sample -> label -> train)")
+        if self.label is not None and self.train.labels is not None:
+            raise ValueError("train.labels is set but the label stage makes the labels; remove one of them")
+        if self.label is not None and self.executor == "slurm":
+            raise ValueError("the label stage runs with executor 'local' (on a GPU node: srun ... curate run JOB); "
+                             "submit train/score/mix to Slurm with train.labels set to its labels file")
+        return self
+
     @property
     def out(self) -> Path:
         return Path(self.output_dir)

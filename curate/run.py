@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from curate.io import list_input_files, read_json
 from curate import mix as mix_stage
 from curate import filters as filters_stage
 from curate import report, score as score_stage, train as train_stage
+from curate import label as label_stage, sample as sample_stage
 
 log = logging.getLogger("curate")
 
@@ -79,6 +81,35 @@ def mix_current(job: Job, scores_fingerprint: str) -> bool:
         out / report.CARD_FILE).exists()
 
 
+def sample_fingerprint(job: Job, files: list[str]) -> str:
+    """What the label sample depends on: the input files (path, size, mtime), the sample settings, the seed."""
+    stamps = [(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    return _fingerprint(stamps, job.sample.model_dump(), job.seed)
+
+
+def run_labels(job: Job, files: list[str], result: RunResult) -> None:
+    """sample -> label, when the job has both sections; their labels file becomes train's input."""
+    if job.sample is None or job.label is None:
+        return
+    sample_path = job.out / "sample" / "sample.parquet"
+    fingerprint = sample_fingerprint(job, files)
+    if _current(sample_stage.stats_path(sample_path), fingerprint) and sample_path.exists():
+        result.skipped["sample"] = f"{sample_path} was drawn from the same inputs and settings"
+    else:
+        stats = sample_stage.sample(files, sample_path, job.sample, seed=job.seed, fingerprint=fingerprint)
+        result.errors.extend(stats["file_errors"])
+        result.ran.append("sample")
+    labels_dir = job.out / "labels"
+    stats = label_stage.label(sample_path, labels_dir, job.label)
+    if stats["skipped"]:
+        result.skipped["label"] = f"{labels_dir} holds labels of the same sample, model and prompt"
+    else:
+        result.ran.append("label")
+        log.info("label: %d documents, parse-failure rate %.1f%%", stats["documents"],
+                 100 * (stats["parse_failure_rate"] or 0))
+    job.train.labels = str(labels_dir / label_stage.LABELS_FILE)
+
+
 def run_train(job: Job, result: RunResult) -> Path:
     out = job.out / "classifier"
     if train_current(job):
@@ -133,9 +164,10 @@ def run_mix(job: Job, files: list[str], scores: dict, result: RunResult,
 
 
 def run_job(job: Job) -> RunResult:
-    """Run train -> score -> filters -> mix (+ report) for a job; return what ran, what was skipped and any errors."""
+    """Run (sample -> label ->) train -> score -> filters -> mix (+ report) for a job; return what ran, what was skipped and any errors."""
     result = RunResult()
     files = list_input_files(job.input.paths, job.input.glob)
+    run_labels(job, files, result)
     model = run_train(job, result)
     scores = run_score(job, files, model, result)
     run_mix(job, files, scores, result, run_filters(job, files, scores, result))

@@ -10,8 +10,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -181,3 +183,39 @@ def test_vllm_server_type_starts_and_stops_the_server_through_datatrove(gsm_samp
     assert stats["documents"] == 1 and stats["prompt_tokens_per_document"] > 0
     logs = list((out / "work" / "server_logs").glob("*.log"))
     assert logs and "Uvicorn running" in "".join(p.read_text() for p in logs)
+
+
+def test_job_runs_sample_then_label_and_hands_the_labels_to_train(llama_server, gsm_sample, tmp_path):
+    """`curate run`'s first stages: sample -> label (skipped when current), their labels become train.labels."""
+    from curate.config import load_job
+    from curate.run import RunResult, run_labels
+    from tests.helpers import write_job
+
+    path = write_job(tmp_path / "job.yaml", name="t", output_dir=str(tmp_path / "out"),
+                     input={"paths": [str(gsm_sample)]}, sample={"n": 2},
+                     label={"endpoint_url": llama_server.url, "model": "smollm2", "max_doc_tokens": 40,
+                            "max_tokens": 48, "concurrency": 1})
+    for expected in ("ran", "skipped"):
+        job, result = load_job(path), RunResult()
+        run_labels(job, [str(gsm_sample)], result)
+        stages = result.ran if expected == "ran" else list(result.skipped)
+        assert stages == ["sample", "label"], (result.ran, result.skipped)
+    assert job.train.labels == str(tmp_path / "out" / "labels" / LABELS_FILE)
+    assert pq.read_table(job.train.labels).num_rows == 2
+
+
+def test_label_job_files_validate():
+    from curate.config import JobError, load_job
+
+    for name in ("label-local.yaml", "label-qwen32b.yaml"):
+        job = load_job(REPO / "jobs" / name)
+        assert job.label is not None and job.sample is not None and job.train.labels is None
+    assert load_job(REPO / "jobs" / "label-qwen32b.yaml").label.tp == 2
+    with pytest.raises(JobError, match="endpoint_url"):
+        bad = REPO / "jobs" / "label-local.yaml"
+        import yaml
+        raw = yaml.safe_load(bad.read_text())
+        del raw["label"]["endpoint_url"]
+        tmp = Path(tempfile.mkdtemp()) / "bad.yaml"
+        tmp.write_text(yaml.safe_dump(raw))
+        load_job(tmp)

@@ -34,7 +34,6 @@ from curate.schema import (
     SCORES_SCHEMA,
     TEXT,
     URL,
-    normalize_text,
 )
 
 ERRORS_DIR, LOGS_DIR = "errors", "logs"
@@ -120,11 +119,10 @@ class BehaviorScorer(PipelineStep):
         self.batch_size = batch_size
 
     def _annotate(self, batch: list[Document], model, tokenizer) -> None:
-        from curate.train import predict_probabilities
         from curate.tokens import count_tokens
 
         texts = [doc.text for doc in batch]
-        probs = predict_probabilities(model, [normalize_text(t) for t in texts])
+        probs = model.predict(texts)
         if tokenizer is not None:
             n_tokens = count_tokens(tokenizer, texts)
         else:
@@ -135,9 +133,9 @@ class BehaviorScorer(PipelineStep):
             doc.metadata[N_TOKENS] = int(n)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        import fasttext
+        from curate.train import BehaviorClassifier
 
-        model = fasttext.load_model(self.model_path)
+        model = BehaviorClassifier.load(self.model_path)  # the model and the recipe in the card beside it
         tokenizer = None
         if self.tokenizer is not None:
             from curate.tokens import load_tokenizer
@@ -182,11 +180,17 @@ class AttributeWriter(ParquetWriter):
 
 
 def scores_fingerprint(model_path: str, files: list[str], cfg: ScoreConfig, chars_per_token: float | None) -> str:
-    """What the scores depend on: the model bytes, the input files (path, size, mtime) and token counting."""
+    """What the scores depend on: the model bytes and its card's recipe and calibration, the input
+    files (path, size, mtime) and token counting."""
+    from curate.train import CARD_FILE
+
     h = hashlib.sha256()
     with open(model_path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    card = Path(model_path).parent / CARD_FILE
+    if card.exists():
+        h.update(json.dumps([read_json(card).get(k) for k in ("recipe", "calibration")]).encode())
     for path in files:
         st = os.stat(path)
         h.update(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode())

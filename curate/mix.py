@@ -31,6 +31,7 @@ from curate.schema import (
 )
 
 BUDGET_TOLERANCE = 0.001  # the fill stops once within 0.1% below the budget
+MIN_WEIGHT = 1e-9  # weights below this count as zero (keeps the scale finite)
 PROB_BUCKETS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 STATS_FILE, SHARD_PREFIX = "stats.json", "part-"
 
@@ -61,8 +62,10 @@ def seeded_uniform(ids: list[str], seed: int) -> np.ndarray:
 def _fill_proportional(weights, tokens, budget, cap, u) -> tuple[np.ndarray, float]:
     """Copies `min(cap, floor(alpha * w + u))` with alpha the largest scale under the budget, then
     one more copy for documents next in line while they still fit. Returns (repeats, alpha)."""
+    weights = np.where(weights < MIN_WEIGHT, 0.0, weights)
+
     def repeats_at(alpha: float) -> np.ndarray:
-        return np.minimum(cap, np.floor(alpha * weights + u)).astype(np.int64)
+        return np.minimum(cap, np.floor(np.minimum(alpha * weights, cap + 1) + u)).astype(np.int64)
 
     positive = weights > 0
     if not positive.any():

@@ -20,3 +20,14 @@ def shared_dir() -> Path:
     if not (SHARED / "data" / "mathweb").is_dir():
         pytest.fail(f"the shared data folder is missing: {SHARED}")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory) -> Path:
+    """A real fastText behavior classifier trained on the bundled reference labels."""
+    from curate.config import TrainConfig
+    from curate.train import MODEL_FILE, train
+
+    out = tmp_path_factory.mktemp("classifier")
+    train(BUNDLED_LABELS, out, TrainConfig(epoch=10))
+    return out / MODEL_FILE

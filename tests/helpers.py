@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_curate(*args, prefix: tuple[str, ...] = (), timeout: float = 600, **popen) -> subprocess.CompletedProcess:
+    """Run the real `curate` CLI (python -m curate) from the repository root."""
+    return subprocess.run([*prefix, sys.executable, "-m", "curate", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, **popen)
 
 
 def write_job(path: Path, **sections) -> Path:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,15 +12,10 @@ import pytest
 
 from curate.io import iter_documents, list_input_files
 from curate.schema import BEHAVIORS, ID, MIX_SCHEMA, N_TOKENS, REPEATS, SCORES_SCHEMA
-from tests.conftest import BUNDLED_DOCS, BUNDLED_LABELS, REPO
-from tests.helpers import read_dir, write_job
+from tests.conftest import BUNDLED_DOCS, BUNDLED_LABELS
+from tests.helpers import read_dir, run_curate as curate, write_job
 
 BUDGET = 150_000
-
-
-def curate(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "curate", *map(str, args)], cwd=cwd or REPO,
-                          capture_output=True, text=True, timeout=600)
 
 
 def dryrun_job(tmp: Path, name: str, inputs: Path, seed: int = 0) -> Path:

@@ -267,7 +267,7 @@ def html_page(name: str, stats: dict, filters: dict | None, plots: list[str], ag
              "<h2>Filters</h2>", "<ul>" + "".join(
                  f"<li>{html.escape(line.lstrip('- ').replace('**', ''))}</li>"
                  for line in _filter_lines(filters).splitlines()) + "</ul>"]
-    if agreement:
+    if agreement and agreement["documents"]:
         parts += ["<h2>Classifier agreement</h2>", _table(
             [(b, m["positives"], _fmt_auc(m["roc_auc"])) for b, m in agreement["behaviors"].items()],
             ("behavior", f"positives of {agreement['documents']} labeled documents", "ROC-AUC"))]

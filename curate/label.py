@@ -185,16 +185,10 @@ class LabelRollout:
         }
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def label_fingerprint(sample_path: str | Path, cfg: LabelConfig) -> str:
     """What the labels depend on: the sample's bytes, the model, the prompt and the generation settings."""
+    from curate.train import file_sha256
+
     settings = cfg.model_dump(include={"model", "prompt", "max_doc_tokens", "tokenizer", "max_tokens", "temperature",
                                        "tasks", "records_per_chunk"})
     settings.update(prompt_version=prompt_version(cfg.prompt), structured_output=resolved_structured_output(cfg))

@@ -21,21 +21,42 @@ from curate.schema import BEHAVIORS, normalize_text
 from curate.train import AUC_MARGIN, assign_folds, cross_validate, evaluate, read_evidence, read_labels
 
 REPO = Path(__file__).resolve().parent.parent
-WHOLE = dict(window_words=0, evidence=False, normalization="plain")
+WHOLE = dict(window_words=0, evidence=False, normalization="plain", calibrate_length=False)
+WINDOWS = dict(calibrate_length=False, window_words=50)
 RECIPES = {  # name -> TrainConfig overrides, in the order they were tried
     "plain fastText (whole doc)": WHOLE,
     "+ length calibration": {**WHOLE, "calibrate_length": True},
     "math normalization": {**WHOLE, "normalization": "math"},
     "doc-trained, 50-word windows, max": {**WHOLE, "window_words": 50, "aggregate": "max"},
-    "evidence windows 50, max": {"aggregate": "max", "normalization": "plain"},
-    "evidence windows 50, noisy-or": {"normalization": "plain"},
-    "evidence windows 30, noisy-or": {"normalization": "plain", "window_words": 30},
-    "evidence windows 50, noisy-or, math": {},
-    "evidence windows 50, noisy-or, math, epoch 50": {"epoch": 50},
-    "evidence windows 50, noisy-or, math, dim 16": {"dim": 16},
-    "evidence windows 50, noisy-or, math + length calibration": {"calibrate_length": True},
-    "evidence windows 50, max, math + length calibration": {"aggregate": "max", "calibrate_length": True},
+    "evidence windows 50, max": {**WINDOWS, "aggregate": "max", "normalization": "plain"},
+    "evidence windows 50, noisy-or": {**WINDOWS, "normalization": "plain"},
+    "evidence windows 50, noisy-or, math": WINDOWS,
+    "evidence windows 50, noisy-or, math, epoch 50": {**WINDOWS, "epoch": 50},
+    "evidence windows 100 tokens, noisy-or, math + length calibration (default)": {},
 }
+
+
+def scoring_cost(labels: str, model_dir: Path, repeats: int = 5) -> dict:
+    """Seconds to score the labeled texts with the full recipe (windows, math normalization,
+    aggregation, calibration) vs one plain whole-document fastText pass of the same model."""
+    from curate.train import MODEL_FILE, BehaviorClassifier, train
+
+    train(labels, model_dir, TrainConfig())
+    _, texts, _, _ = read_labels(labels)
+    classifier = BehaviorClassifier.load(model_dir / MODEL_FILE)
+
+    def best_of(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    whole = best_of(lambda: classifier.model.predict([normalize_text(t) for t in texts], k=-1, threshold=0.0))
+    recipe = best_of(lambda: classifier.predict(texts))
+    return {"documents": len(texts), "whole_document_fasttext_s": round(whole, 4), "recipe_s": round(recipe, 4),
+            "ratio": round(recipe / whole, 3)}
 
 
 def main() -> None:
@@ -43,9 +64,19 @@ def main() -> None:
     parser.add_argument("--labels", default=str(REPO.parent / "shared" / "labels" / "gold.parquet"))
     parser.add_argument("--only", nargs="*", help="recipe names to run (default: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cost", action="store_true", help="only measure the scoring cost ratio")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "classifier_experiments.json"))
     args = parser.parse_args()
 
+    if args.cost:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            cost = scoring_cost(args.labels, Path(tmp))
+        print(f"scoring {cost['documents']} documents: whole-document fastText {cost['whole_document_fasttext_s']} s, "
+              f"recipe {cost['recipe_s']} s, ratio {cost['ratio']}")
+        write_json(cost, Path(args.out).with_name("scoring_cost.json"))
+        return
     ids, texts, counts, _ = read_labels(args.labels)
     evidence = read_evidence(args.labels)
     positive = counts > 0

@@ -34,16 +34,15 @@ class TrainConfig(_Section):
     word_ngrams: int = Field(2, ge=1)
     min_count: int = Field(2, ge=1)
     bucket: int = Field(100_000, ge=0)
-    valid_fraction: float = Field(0.2, gt=0, lt=1)
+    quantize: bool = False
     cv_folds: int = Field(5, ge=2, description="k of the k-fold cross-validation (by document) behind the card's metrics")
     normalization: Literal["plain", "math"] = Field("math", description="'math': lowercase, LaTeX commands and "
                                                     "math symbols as tokens, digits -> 0; 'plain': whitespace only")
-    window_words: int = Field(50, ge=0, description="words per scored window (0: whole documents)")
+    window_words: int = Field(100, ge=0, description="classifier tokens per scored window (0: whole documents)")
     aggregate: Literal["noisy_or", "max"] = Field("noisy_or", description="document probability from its windows'")
     evidence: bool = Field(True, description="train on windows labeled by the labeler's evidence quotes where present")
-    calibrate_length: bool = Field(False, description="logistic calibration on [logit p, log length], out-of-fold")
+    calibrate_length: bool = Field(True, description="logistic calibration on [logit p, log length], out-of-fold")
     workers: int = Field(2, ge=1, description="fastText fits run at once (each in its own process)")
-    quantize: bool = False
 
 
 class ScoreConfig(_Section):

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import re
 import tempfile
 from pathlib import Path
 
@@ -105,35 +104,33 @@ def read_evidence(path: str | Path) -> list[dict[str, list[str]]]:
 # Text views: what the model sees
 
 
-_MATH_TOKEN = re.compile(r"(\\[A-Za-z]+|[$^_{}()=+\-*/<>|\[\],.;:!?])")
-_DIGITS = re.compile(r"\d+")
-_SPACES = re.compile(r" +")
+_MATH_SYMBOLS = "$^_{}()=+-*/<>|[],.;:!?"
+_MATH_TABLE = str.maketrans({**{c: f" {c} " for c in _MATH_SYMBOLS}, "\\": " \\", **{d: "0" for d in "123456789"}})
 
 
 def classifier_text(text: str, normalization: str) -> str:
     """The text the classifier reads. 'plain': whitespace runs -> one space. 'math': also
-    lowercase, LaTeX commands and math/punctuation symbols as separate tokens, digit runs -> 0,
-    so that `x=2`, `$x$` and `\\frac{a}{b}` share tokens with other formulas."""
-    text = normalize_text(text)
+    lowercase, LaTeX commands and math/punctuation symbols as separate tokens, digits -> 0, so that
+    `x=2`, `$x$` and `\\frac{a}{b}` share tokens with other formulas."""
     if normalization == "plain":
-        return text
-    text = _DIGITS.sub("0", _MATH_TOKEN.sub(r" \1 ", text.lower()))
-    return _SPACES.sub(" ", text).strip()
+        return normalize_text(text)
+    return " ".join(text.lower().translate(_MATH_TABLE).split())
 
 
-def _word_spans(view: str) -> list[tuple[int, int]]:
-    return [m.span() for m in re.finditer(r"\S+", view)]
+def window_starts(n_words: int, words: int, stride: int) -> list[int]:
+    """First word of each window of `words` words every `stride` words; [0] (the whole text)
+    when `words` is 0 or the text is not longer than one window."""
+    if words <= 0 or n_words <= words:
+        return [0]
+    return list(range(0, n_words - words + stride, stride))
 
 
-def windows(view: str, words: int, stride: int | None = None) -> list[tuple[int, int]]:
-    """Character spans of windows of `words` words every `stride` words (non-overlapping by
-    default); the whole text when `words` is 0 or the text is shorter."""
-    spans = _word_spans(view)
-    if words <= 0 or len(spans) <= words:
-        return [(0, len(view))]
-    stride = stride or words
-    starts = list(range(0, len(spans) - words + stride, stride))
-    return [(spans[i][0], spans[min(i + words, len(spans)) - 1][1]) for i in starts if i < len(spans)]
+def windows(view: str, words: int) -> list[str]:
+    """Non-overlapping windows of `words` words of a classifier text (the scoring windows)."""
+    tokens = view.split(" ")
+    if words <= 0 or len(tokens) <= words:
+        return [view]
+    return [" ".join(tokens[i : i + words]) for i in range(0, len(tokens), words)]
 
 
 def fasttext_line(text: str, positives: list[str]) -> str:
@@ -145,23 +142,29 @@ def training_lines(text: str, positive: np.ndarray, evidence: dict, recipe: dict
     """fastText training lines of one labeled document, and whether its evidence was used: with
     windows and evidence for every positive behavior, one line per half-overlapping window,
     positive for a behavior where an evidence quote's middle lies; else the whole document."""
-    norm = recipe["normalization"]
-    whole = [fasttext_line(classifier_text(text, norm), [b for b, p in zip(BEHAVIORS, positive) if p])]
+    view = classifier_text(text, recipe["normalization"])
+    whole = [fasttext_line(view, [b for b, p in zip(BEHAVIORS, positive) if p])]
     words = recipe["window_words"]
     if not words or not recipe["evidence"]:
         return whole, False
-    base = normalize_text(text)
-    centers: list[tuple[int, int]] = []  # (behavior index, char offset of the quote's middle)
+    centers: list[tuple[int, int]] = []  # (behavior index, char offset of the quote's middle in view)
+    quotes: list[tuple[str, str]] = []
     for j, b in enumerate(BEHAVIORS):
-        found = [base.find(normalize_text(q)) for q in evidence.get(b, [])]
-        found = [(start, q) for start, q in zip(found, evidence.get(b, [])) if start >= 0]
+        found = [(view.find(q), q) for q in (classifier_text(q, recipe["normalization"]) for q in evidence.get(b, []))]
+        found = [(start, q) for start, q in found if start >= 0 and q]
         if positive[j] and not found:
             return whole, False
-        centers += [(j, start + len(normalize_text(q)) // 2) for start, q in found]
+        centers += [(j, start + len(q) // 2) for start, q in found]
+        quotes += [(b, q) for _, q in found]
+    tokens = view.split(" ")
+    offsets = np.concatenate([[0], np.cumsum([len(t) + 1 for t in tokens])])  # char offset of each token
     lines = []
-    for a, e in windows(base, words, stride=max(1, words // 2)):
+    for i in window_starts(len(tokens), words, stride=max(1, words // 2)):
+        a, e = offsets[i], offsets[min(i + words, len(tokens))]
         labels = sorted({BEHAVIORS[j] for j, c in centers if a <= c < e}, key=BEHAVIORS.index)
-        lines.append(fasttext_line(classifier_text(base[a:e], norm), labels))
+        lines.append(fasttext_line(" ".join(tokens[i : i + words]), labels))
+    # each quote is also a line of its own: the cleanest positive example of its behavior
+    lines += [fasttext_line(q, [b]) for b, q in quotes]
     return lines, True
 
 
@@ -224,18 +227,15 @@ class BehaviorClassifier:
         """(windows, 4) fastText probabilities, and the document index of each window."""
         pieces, owner = [], []
         for i, text in enumerate(texts):
-            base = normalize_text(text)
-            for a, e in windows(base, self.recipe["window_words"]):
-                pieces.append(classifier_text(base[a:e], self.recipe["normalization"]))
-                owner.append(i)
+            view = windows(classifier_text(text, self.recipe["normalization"]), self.recipe["window_words"])
+            pieces += view
+            owner += [i] * len(view)
         labels, probs = self.model.predict(pieces, k=-1, threshold=0.0)
-        index = {LABEL_PREFIX + b: j for j, b in enumerate(BEHAVIORS)}
-        out = np.zeros((len(pieces), len(BEHAVIORS)), dtype=np.float64)
-        for i, (names, values) in enumerate(zip(labels, probs)):
-            for name, p in zip(names, values):
-                j = index.get(name)
-                if j is not None:
-                    out[i, j] = p
+        column = {LABEL_PREFIX + b: j for j, b in enumerate(BEHAVIORS)}  # other labels (none) -> len(BEHAVIORS)
+        cols = np.array([[column.get(name, len(BEHAVIORS)) for name in names] for names in labels], dtype=np.int64)
+        out = np.zeros((len(pieces), len(BEHAVIORS) + 1), dtype=np.float64)
+        out[np.arange(len(pieces))[:, None], cols] = np.vstack(probs)
+        out = out[:, : len(BEHAVIORS)]
         return out, np.array(owner, dtype=np.int64)
 
     def raw_probabilities(self, texts: list[str]) -> np.ndarray:

@@ -57,7 +57,7 @@ def test_card_reports_cross_validated_metrics_beside_length_only(held_out):
         assert 0 < card["thresholds"][b] < 1
         warned = any(w.startswith(f"{b}:") for w in card["warnings"])
         assert warned == (m["auc_over_length"] < 0.05), (b, m, card["warnings"])
-    assert card["recipe"]["window_words"] == 50 and card["n_trained_on_evidence_windows"] > 600
+    assert card["recipe"]["window_words"] == 100 and card["n_trained_on_evidence_windows"] > 600
 
 
 def test_classifier_beats_a_constant_predictor_on_held_out_documents(held_out):

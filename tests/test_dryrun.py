@@ -23,7 +23,7 @@ def dryrun_job(tmp: Path, name: str, inputs: Path, seed: int = 0) -> Path:
         tmp / f"{name}.yaml", name=name, output_dir=str(tmp / name), seed=seed,
         input={"paths": [str(inputs)]}, train={"labels": str(BUNDLED_LABELS)},
         score={"tasks": 2, "workers": 2},
-        mix={"method": "proportional", "token_budget": BUDGET, "max_repeats": 3, "shard_rows": 120},
+        mix={"method": "proportional", "token_budget": BUDGET, "max_repeats": 3, "shard_rows": 30},
     )
 
 
@@ -68,7 +68,7 @@ def test_mix_shards_share_one_schema_and_load_with_pyarrow_and_dask(runs):
     assert len(shards) >= 2
     for shard in shards:
         assert pq.read_schema(shard).equals(MIX_SCHEMA, check_metadata=False)
-        assert pq.ParquetFile(shard).metadata.num_rows <= 120
+        assert pq.ParquetFile(shard).metadata.num_rows <= 30
         assert pq.ParquetFile(shard).metadata.row_group(0).column(0).compression == "ZSTD"
     table = ds.dataset([str(s) for s in shards], format="parquet").to_table()
     frame = dd.read_parquet([str(s) for s in shards]).compute()

@@ -22,12 +22,10 @@ import pyarrow as pa
 from curate.config import SampleConfig
 from curate.io import Dropped, InputError, iter_documents, list_input_files, write_json, write_parquet
 from curate.progress import Progress
-from curate.schema import DATE, ID, METADATA, TEXT, URL, word_tokens
+from curate.schema import ID, SAMPLE_SCHEMA, TEXT, URL
 
 log = logging.getLogger("curate")
 
-SAMPLE_SCHEMA = pa.schema([(ID, pa.string()), (URL, pa.string()), (TEXT, pa.string()), (DATE, pa.string()),
-                           (METADATA, pa.string())])
 NO_HOST = "(no url)"
 MAX_OVERSAMPLE_ROUNDS = 5
 
@@ -111,7 +109,9 @@ def _candidates(reader: _Reader, share: dict[str, int], stratify: bool, seed: in
 
 def _select(reader: _Reader, chosen: dict, share: dict[str, int], cfg: SampleConfig):
     """Fetch the candidates and take them in key order, skipping near-duplicates of taken ones."""
-    from datasketch import MinHash, MinHashLSH
+    from datasketch import MinHashLSH
+
+    from curate.dedup import signature
 
     docs = []
     files = {f for f, _ in chosen}
@@ -125,15 +125,12 @@ def _select(reader: _Reader, chosen: dict, share: dict[str, int], cfg: SampleCon
     for _key, stratum, doc in docs:
         if taken_per_stratum[stratum] >= share[stratum]:
             continue
-        words = word_tokens(doc[TEXT])
-        k = cfg.shingle_words
-        shingles = {" ".join(words[i:i + k]).encode() for i in range(max(1, len(words) - k + 1))}
-        minhash = MinHash(num_perm=cfg.num_perm, seed=1)
-        minhash.update_batch(list(shingles))
-        if lsh.query(minhash):
+        minhash = signature(doc[TEXT], cfg.num_perm, cfg.shingle_words)  # None: no words to compare
+        if minhash is not None and lsh.query(minhash):
             near_duplicates += 1
             continue
-        lsh.insert(doc[ID], minhash)
+        if minhash is not None:
+            lsh.insert(doc[ID], minhash)
         taken.append(doc)
         taken_per_stratum[stratum] += 1
     return taken, near_duplicates, taken_per_stratum

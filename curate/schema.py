@@ -18,6 +18,10 @@ TEXT, URL, DATE, METADATA = "text", "url", "date", "metadata"
 ID = "id"
 INPUT_COLUMNS = (URL, TEXT, DATE, METADATA)
 
+# A sample to label: the documents as read, with their ids.
+SAMPLE_SCHEMA = pa.schema([(ID, pa.string()), (URL, pa.string()), (TEXT, pa.string()), (DATE, pa.string()),
+                           (METADATA, pa.string())])
+
 # Labels
 LABELER, PROMPT_VERSION, RAW_RESPONSE, ERROR = "labeler", "prompt_version", "raw_response", "error"
 LABELS_SCHEMA = pa.schema(

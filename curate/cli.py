@@ -184,6 +184,25 @@ def _cmd_label(args) -> int:
     return 0
 
 
+def _cmd_bootstrap(args) -> int:
+    from curate.bootstrap import bootstrap, metrics_table
+    from curate.label import LabelingStopped
+
+    job = load_job(args.job)
+    if job.bootstrap is None:
+        raise JobError(f"{args.job}: no 'bootstrap' section")
+    try:
+        result = bootstrap(job)
+    except LabelingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if result["skipped"]:
+        print(f"skipped rounds {', '.join(map(str, result['skipped']))}: finished with the same settings")
+    print(metrics_table(result["rounds"]))
+    print(f"per-round metrics in {job.out / 'bootstrap' / 'metrics.json'}")
+    return 0
+
+
 def _cmd_eval_labels(args) -> int:
     from curate.label import eval_labels
 
@@ -279,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="labels file: plot the classifier's agreement with it")
     p.add_argument("--name", default=None, help="title (default: the folder's name)")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("bootstrap", help="rounds of score the pool -> pick uncertain/top documents -> label -> retrain")
+    p.add_argument("job", help="job YAML file with label, train.labels and bootstrap sections")
+    p.set_defaults(func=_cmd_bootstrap)
 
     p = sub.add_parser("audit", help="check that every document is accounted for in every stage of an output folder")
     p.add_argument("output_dir", help="a job's output_dir")

@@ -102,6 +102,18 @@ class LabelConfig(_Section):
         return self
 
 
+class BootstrapConfig(_Section):
+    """`curate bootstrap`: rounds of score the pool -> pick documents -> label them -> retrain."""
+
+    rounds: int = Field(3, ge=1, description="labeling rounds (a finished round is skipped when re-run)")
+    per_round: int = Field(100, ge=1, description="documents labeled per round")
+    uncertain_fraction: float = Field(0.75, ge=0, le=1, description="share of a round picked by uncertainty "
+                                      "(a probability closest to its behavior's threshold); the rest: top behavior_score")
+    pool: list[str] | None = Field(None, description="unlabeled Parquet/JSONL files or folders; default: input.paths")
+    near_dup_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard similarity above which a "
+                                      "document is a near-duplicate of a labeled or already picked one")
+
+
 class SlurmConfig(_Section):
     """Site settings for `--executor slurm` (datatrove's SlurmPipelineExecutor, sbatch array jobs)."""
 
@@ -164,14 +176,19 @@ class Job(_Section):
     mix: MixConfig = MixConfig()
     sample: SampleConfig | None = None
     label: LabelConfig | None = None
+    bootstrap: BootstrapConfig | None = None
     executor: Literal["local", "slurm"] = "local"
     slurm: SlurmConfig = SlurmConfig()
 
     @model_validator(mode="after")
     def _labels_from_one_place(self):
-        if (self.sample is None) != (self.label is None):
+        if self.bootstrap is not None:
+            if self.label is None or self.train.labels is None or self.sample is not None:
+                raise ValueError("bootstrap needs a label section (the labeler) and train.labels (the initial "
+                                 "labels), and no sample section")
+        elif (self.sample is None) != (self.label is None):
             raise ValueError("the sample and label sections go together (sample -> label -> train)")
-        if self.label is not None and self.train.labels is not None:
+        if self.bootstrap is None and self.label is not None and self.train.labels is not None:
             raise ValueError("train.labels is set but the label stage makes the labels; remove one of them")
         if self.label is not None and self.executor == "slurm":
             raise ValueError("the label stage runs with executor 'local' (on a GPU node: srun ... curate run JOB); "

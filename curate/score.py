@@ -127,9 +127,9 @@ class BehaviorScorer(PipelineStep):
             n_tokens = count_tokens(tokenizer, texts)
         else:
             n_tokens = [max(1, round(len(t) / self.chars_per_token)) for t in texts]
-        for doc, p, n in zip(batch, probs, n_tokens):
-            doc.metadata.update({c: float(v) for c, v in zip(PROB_COLUMNS, p)})
-            doc.metadata[BEHAVIOR_SCORE] = float(p.mean())
+        for doc, p, mean, n in zip(batch, probs.tolist(), probs.mean(axis=1).tolist(), n_tokens):
+            doc.metadata.update(zip(PROB_COLUMNS, p))
+            doc.metadata[BEHAVIOR_SCORE] = mean
             doc.metadata[N_TOKENS] = int(n)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:

@@ -8,6 +8,10 @@ documents of the reference labels (and a near-copy of a labeled one), so each pr
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -61,7 +65,7 @@ def _job(tmp_path, initial, pool, endpoint, rounds):
         train={"labels": str(initial), "epoch": 5, "cv_folds": 2, "dim": 16, "bucket": 20000, "workers": 2},
         score={"tasks": 1, "workers": 1, "calibration_docs": 20},
         label={"endpoint_url": endpoint, "model": "smollm2", "structured_output": "json_object",
-               "max_doc_tokens": 40, "max_tokens": 48, "concurrency": 1},
+               "max_doc_tokens": 40, "max_tokens": 48, "concurrency": 1, "records_per_chunk": 1},
         bootstrap={"rounds": rounds, "per_round": 2, "uncertain_fraction": 0.5})
 
 
@@ -71,14 +75,34 @@ def test_bootstrap_two_rounds_against_the_server_resumes_and_skips_finished_roun
     initial, pool, pool_ids = bootstrap_data
     proxy = RecordingProxy(llama_server.url).start()
     out = tmp_path / "out" / "bootstrap"
+    # round 1 is killed (SIGKILL, a preempted job) once its first document's answer is checkpointed
+    job_one = _job(tmp_path, initial, pool, proxy.url, rounds=1)
+    first = subprocess.Popen([sys.executable, "-m", "curate", "bootstrap", str(job_one)], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "round-01" / "work" / "results"  # a finished chunk (one document) lands here
+    deadline = time.monotonic() + 300
+    while first.poll() is None and time.monotonic() < deadline and not any(
+            f.stat().st_size for f in results.glob("*.jsonl")):
+        time.sleep(0.1)
+    first.kill()
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, "bootstrap ended before its first answer was checkpointed"
+    selection = out / "round-01" / "selection.parquet"
+    picked_before, picked_at = pq.read_table(selection)["id"].to_pylist(), selection.stat().st_mtime_ns
+    answered_before, n_before = set(proxy.answered()), len(proxy.records)
+    assert answered_before and not (out / "round-01" / "metrics.json").exists()
     try:
-        one = run_curate("bootstrap", _job(tmp_path, initial, pool, proxy.url, rounds=1))
+        one = run_curate("bootstrap", job_one)
         assert one.returncode == 0, one.stderr[-3000:]
-        assert len(proxy.answered()) == 2 and len(proxy.records) == 2
+        assert "skipped rounds 0:" in one.stdout and selection.stat().st_mtime_ns == picked_at  # same picks resumed
+        resumed = {r["doc"] for r in proxy.records[n_before:]}
+        assert resumed and not resumed & answered_before  # a checkpointed answer is not asked again
+        assert sorted(pq.read_table(out / "round-01" / "labels.parquet")["id"].to_pylist()) == sorted(picked_before)
+        assert len(set(proxy.answered())) == 2
         two = run_curate("bootstrap", _job(tmp_path, initial, pool, proxy.url, rounds=2))
         assert two.returncode == 0, two.stderr[-3000:]
         assert "skipped rounds 0, 1" in two.stdout  # round 1 is not redone when the job asks for a second
-        assert len(proxy.answered()) == 4 and len(set(proxy.answered())) == 4
+        assert len(set(proxy.answered())) == 4 and len(proxy.records) == len(proxy.answered())
         asked = list(proxy.records)
         again = run_curate("bootstrap", _job(tmp_path, initial, pool, proxy.url, rounds=2))
         assert again.returncode == 0, again.stderr[-3000:]
@@ -98,7 +122,7 @@ def test_bootstrap_two_rounds_against_the_server_resumes_and_skips_finished_roun
     for r, m in enumerate(rounds[1:], start=1):
         folder = out / f"round-{r:02d}"
         assert m["new_documents"] == 2 and m["selected"] == {TOP: 1, UNCERTAIN: 1}
-        assert m["label_requests"] == 2
+        assert m["label_requests"] == (2 if r == 2 else len(resumed))  # requests of the run that finished it
         selection = pq.read_table(folder / "selection.parquet")
         labels = pq.read_table(folder / "labels.parquet")
         assert sorted(labels["id"].to_pylist()) == sorted(selection["id"].to_pylist())

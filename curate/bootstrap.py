@@ -33,7 +33,7 @@ from curate.dedup import signature
 from curate.io import InputError, iter_documents, list_input_files, read_json, write_json, write_parquet
 from curate.run import _current, _fingerprint
 from curate.sample import SAMPLE_SCHEMA
-from curate.schema import BEHAVIOR_SCORE, BEHAVIORS, ID, LABELS_SCHEMA, PROB_COLUMNS, TEXT
+from curate.schema import BEHAVIOR_SCORE, BEHAVIORS, ID, LABELS_SCHEMA, PROB_COLUMNS, SCORES_SCHEMA, TEXT
 
 log = logging.getLogger("curate")
 
@@ -118,7 +118,8 @@ def _pool_documents(files: list[str], wanted: set[str]) -> dict[str, dict]:
 def select(files: list[str], scores_dir: Path, card: dict, labeled: pa.Table, job: Job) -> tuple[pa.Table, dict]:
     """The round's picks from the scored pool (SAMPLE_SCHEMA rows plus `reason`), and their stats."""
     cfg = job.bootstrap
-    scores = pa.concat_tables(pq.read_table(p) for p in score_stage.scored_shards(scores_dir))
+    shards = score_stage.scored_shards(scores_dir)
+    scores = pa.concat_tables(pq.read_table(p) for p in shards) if shards else SCORES_SCHEMA.empty_table()
     labeled_ids = set(labeled[ID].to_pylist())
     keep = np.array([i not in labeled_ids for i in scores[ID].to_pylist()], dtype=bool)
     scores = scores.filter(pa.array(keep))
@@ -215,6 +216,8 @@ def bootstrap(job: Job) -> dict:
                     log.error(error)
                 selection, selection_stats = select(files, out / "scores", read_json(previous / train_stage.CARD_FILE),
                                                     labeled, job)
+                if not selection.num_rows:
+                    raise ValueError(f"bootstrap round {r}: no unlabeled document left in the pool {files}")
                 write_parquet(selection, selection_path)
                 write_json({"fingerprint": fingerprint, **selection_stats}, out / SELECTION_STATS)
             log.info("bootstrap round %d: labeling %s", r, selection_stats["selected"])

@@ -146,3 +146,15 @@ def test_bootstrap_job_validates(tmp_path):
     del raw["label"]
     with pytest.raises(JobError, match="bootstrap needs a label section"):
         load_job(write_job(tmp_path / "bad.yaml", **raw))
+
+
+@pytest.mark.slow
+def test_bootstrap_stops_with_one_line_error_when_the_pool_is_all_labeled(tmp_path):
+    initial = tmp_path / "initial.parquet"
+    pq.write_table(pq.read_table(BUNDLED_LABELS), initial)
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(pq.read_table(BUNDLED_LABELS, columns=["url", "text"]).slice(0, 5), pool)
+    result = run_curate("bootstrap", _job(tmp_path, initial, pool, "http://127.0.0.1:9", rounds=1))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: bootstrap round 1: no unlabeled document left")
+    assert (tmp_path / "out" / "bootstrap" / "round-00" / "metrics.json").exists()

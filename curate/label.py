@@ -324,9 +324,11 @@ def label(sample_path: str | Path, out_dir: str | Path, cfg: LabelConfig, finger
                                      logging_dir=str(work / "logs"))
     try:
         executor.run()
-    except Exception as e:  # noqa: BLE001 - a stopped server or a failed task: the checkpoints stay
+    except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - a stopped server or a failed task
+        # (datatrove cancels its request tasks when the endpoint is down from the start); the checkpoints stay
         done = len(_results(work))
-        raise LabelingStopped(f"labeling stopped after {done} documents: {str(e).splitlines()[0][:300]}; "
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        raise LabelingStopped(f"labeling stopped after {done} documents: {reason}; "
                                 f"run the same command again to resume") from e
     seconds = time.monotonic() - start
     results = _results(work)

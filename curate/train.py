@@ -270,44 +270,54 @@ def _fasttext_params(cfg: TrainConfig) -> dict:
     )
 
 
-def _train_supervised(train_file: str, params: dict):
-    """fastText supervised training that halves lr on NaN divergence (up to 6 tries)."""
-    import fasttext
-
-    tried = []
-    for attempt in range(6):
-        lr = params["lr"] / 2**attempt
-        try:
-            return fasttext.train_supervised(input=train_file, verbose=0, **{**params, "lr": lr}), lr
-        except RuntimeError as e:
-            if "NaN" not in str(e):
-                raise
-            tried.append(lr)
-            log.warning("fastText diverged (NaN) at lr=%s", lr)
-    raise RuntimeError(f"fastText diverged (NaN) at every learning rate tried: {tried}")
+MAX_FITS = 6  # a diverging fit is retried at half the learning rate, in a new process, up to this many fits
 
 
 def _fit_job(lines: list[str], params: dict, recipe: dict, texts: list[str], model_path: str | None,
              quantize: bool) -> tuple[dict, np.ndarray]:
-    """Run in a fresh process: fit on `lines`, optionally save, return the hyperparameters used
-    and the uncalibrated probabilities of `texts`."""
+    """Run in a fresh process: fit on `lines` once, optionally save, return the hyperparameters
+    and the uncalibrated probabilities of `texts`. Raises RuntimeError('...NaN...') on divergence."""
+    import fasttext
+
     with tempfile.TemporaryDirectory() as tmp:
         train_file = str(Path(tmp) / "train.txt")
         Path(train_file).write_text("\n".join(lines) + "\n")
-        model, lr = _train_supervised(train_file, params)
+        model = fasttext.train_supervised(input=train_file, verbose=0, **params)
         if quantize:
             model.quantize(input=train_file, retrain=False, cutoff=50_000, qnorm=True)
     if model_path:
         model.save_model(model_path)
     probs = BehaviorClassifier(model, recipe).raw_probabilities(texts) if texts else np.zeros((0, len(BEHAVIORS)))
-    return {**params, "lr": lr}, probs
+    return dict(params), probs
 
 
 def fit_in_fresh_processes(jobs: list[tuple], workers: int) -> list[tuple[dict, np.ndarray]]:
-    """Run `_fit_job(*job)` for each job, each in its own spawned process, `workers` at a time."""
+    """Run `_fit_job(*job)` for each job, each fit in its own spawned process, `workers` at a time.
+    A fit that diverges with NaN is retried in a new process at half the learning rate (fastText
+    has diverged in processes that had already trained a model), at most MAX_FITS fits per job."""
+    jobs = list(jobs)
+    results: list = [None] * len(jobs)
+    tried: list[list[float]] = [[] for _ in jobs]
+    pending = list(range(len(jobs)))
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(processes=max(1, min(workers, len(jobs))), maxtasksperchild=1) as pool:
-        return pool.starmap(_fit_job, jobs, chunksize=1)
+        while pending:
+            handles = {i: pool.apply_async(_fit_job, jobs[i]) for i in pending}
+            pending = []
+            for i, handle in handles.items():
+                try:
+                    results[i] = handle.get()
+                except RuntimeError as e:
+                    if "NaN" not in str(e):
+                        raise
+                    lines, params, *rest = jobs[i]
+                    tried[i].append(params["lr"])
+                    log.warning("fastText diverged (NaN) at lr=%s", params["lr"])
+                    if len(tried[i]) >= MAX_FITS:
+                        raise RuntimeError(f"fastText diverged (NaN) at every learning rate tried: {tried[i]}") from None
+                    jobs[i] = (lines, {**params, "lr": params["lr"] / 2}, *rest)
+                    pending.append(i)
+    return results
 
 
 def fit_fasttext(train_file: str, params: dict, model_path: str, quantize: bool = False) -> dict:

@@ -30,9 +30,9 @@ from datasketch import MinHashLSH
 from curate import label as label_stage, score as score_stage, train as train_stage
 from curate.config import Job
 from curate.dedup import signature
-from curate.io import InputError, iter_documents, list_input_files, read_json, write_json, write_parquet
+from curate.io import InputError, file_sha256, iter_documents, list_input_files, read_json, write_json, write_parquet
 from curate.run import _current, _fingerprint
-from curate.sample import SAMPLE_SCHEMA
+from curate.schema import SAMPLE_SCHEMA
 from curate.schema import BEHAVIOR_SCORE, BEHAVIORS, ID, LABELS_SCHEMA, PROB_COLUMNS, SCORES_SCHEMA, TEXT
 
 log = logging.getLogger("curate")
@@ -175,7 +175,7 @@ def bootstrap_fingerprints(job: Job, files: list[str]) -> list[str]:
     labeler = job.label.model_dump(include={"model", "prompt", "max_doc_tokens", "tokenizer", "max_tokens",
                                             "temperature", "structured_output"})
     selection = job.bootstrap.model_dump(exclude={"rounds"})
-    fingerprints = [_fingerprint("bootstrap", train_stage.file_sha256(job.train.labels), job.train.model_dump(),
+    fingerprints = [_fingerprint("bootstrap", file_sha256(job.train.labels), job.train.model_dump(),
                                  job.seed)]
     for _ in range(job.bootstrap.rounds):
         fingerprints.append(_fingerprint(fingerprints[-1], stamps, selection, labeler,

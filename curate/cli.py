@@ -6,7 +6,6 @@ import argparse
 import logging
 import sys
 import time
-import typing
 
 from pydantic import BaseModel, ValidationError
 
@@ -29,6 +28,13 @@ def model_from_options(model: type[BaseModel], args: argparse.Namespace) -> Base
     return model.model_validate(given, strict=False)
 
 
+def _exit_status(errors: list[str]) -> int:
+    """Print each error on its own line to stderr; 1 when there were any."""
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
 def _cmd_run(args) -> int:
     from curate.run import run_job
 
@@ -43,9 +49,7 @@ def _cmd_run(args) -> int:
         print(f"skipped {stage}: {why}")
     print(f"ran: {', '.join(result.ran) or 'nothing (all stages current)'}; output in {job.out} "
           f"({time.monotonic() - start:.1f}s)")
-    for error in result.errors:
-        print(f"error: {error}", file=sys.stderr)
-    return 0 if result.ok else 1
+    return _exit_status(result.errors)
 
 
 def _submit(job) -> int:
@@ -86,9 +90,7 @@ def _cmd_score(args) -> int:
 
     summary = score_files(args.inputs, args.glob, args.model, args.out, model_from_options(ScoreConfig, args))
     print(("skipped: scores are current in " if summary["skipped"] else "scores written to ") + str(args.out))
-    for error in summary["file_errors"]:
-        print(f"error: {error}", file=sys.stderr)
-    return 1 if summary["file_errors"] else 0
+    return _exit_status(summary["file_errors"])
 
 
 def _cmd_mix(args) -> int:
@@ -104,9 +106,7 @@ def _cmd_mix(args) -> int:
     stats = mix(list_input_files(args.inputs, args.glob), scored_shards(args.scores), args.out,
                 model_from_options(MixConfig, args), seed=args.seed, exclude=exclude)
     print(f"{stats['docs_out']} documents, {stats['tokens_out']:,} tokens in {len(stats['shards'])} shards in {args.out}")
-    for error in stats["input_file_errors"]:
-        print(f"error: {error}", file=sys.stderr)
-    return 1 if stats["input_file_errors"] else 0
+    return _exit_status(stats["input_file_errors"])
 
 
 def _cmd_filter(args) -> int:
@@ -162,9 +162,7 @@ def _cmd_sample(args) -> int:
     stats = sample(args.inputs, args.out, model_from_options(SampleConfig, args), seed=args.seed, glob=args.glob)
     print(f"{stats['documents_out']} of {stats['documents_in']} documents ({stats['near_duplicates_skipped']} "
           f"near-duplicates skipped) in {args.out}")
-    for error in stats["file_errors"]:
-        print(f"error: {error}", file=sys.stderr)
-    return 1 if stats["file_errors"] else 0
+    return _exit_status(stats["file_errors"])
 
 
 def _cmd_label(args) -> int:
@@ -219,6 +217,11 @@ def _cmd_eval_labels(args) -> int:
     return 0
 
 
+def _add_inputs(parser: argparse.ArgumentParser, what: str = "Parquet/JSONL files or folders") -> None:
+    parser.add_argument("inputs", nargs="+", help=what)
+    parser.add_argument("--glob", default=None, help="glob inside input folders, e.g. '**/*.parquet'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="curate", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -235,9 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("sample", help="a seeded sample of documents to label, near-duplicates removed")
-    p.add_argument("inputs", nargs="+", help="Parquet/JSONL files or folders")
+    _add_inputs(p, "Parquet/JSONL files or folders")
     p.add_argument("--out", required=True, help="sample Parquet file (stats JSON beside it)")
-    p.add_argument("--glob", default=None)
     p.add_argument("--seed", type=int, default=0)
     add_model_options(p, SampleConfig)
     p.set_defaults(func=_cmd_sample)
@@ -262,28 +264,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("score", help="score input shards with a classifier (datatrove, local executor)")
-    p.add_argument("inputs", nargs="+", help="Parquet/JSONL files or folders")
+    _add_inputs(p, "Parquet/JSONL files or folders")
     p.add_argument("--model", required=True, help="classifier model.bin")
     p.add_argument("--out", required=True, help="scores folder")
-    p.add_argument("--glob", default=None)
     add_model_options(p, ScoreConfig)
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("mix", help="make a token-budgeted mix from input shards and their scores")
-    p.add_argument("inputs", nargs="+", help="the Parquet/JSONL files or folders that were scored")
+    _add_inputs(p, "the Parquet/JSONL files or folders that were scored")
     p.add_argument("--scores", required=True, help="scores folder")
     p.add_argument("--out", required=True, help="output folder for shards, stats.json and README.md")
-    p.add_argument("--glob", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--filters", default=None, help="a filters folder (curate filter): leave its drops out")
     add_model_options(p, MixConfig)
     p.set_defaults(func=_cmd_mix)
 
     p = sub.add_parser("filter", help="decontaminate against evaluation sets and drop near-duplicates (decisions only)")
-    p.add_argument("inputs", nargs="+", help="the Parquet/JSONL files or folders that were scored")
+    _add_inputs(p, "the Parquet/JSONL files or folders that were scored")
     p.add_argument("--scores", required=True, help="scores folder (near-duplicates: the best-scoring one is kept)")
     p.add_argument("--out", required=True, help="output folder for drops.parquet and report.json")
-    p.add_argument("--glob", default=None)
     p.add_argument("--eval", action="append", default=[], help="evaluation set (Parquet/JSONL), repeatable")
     p.add_argument("--eval-fields", default="text", help="comma-separated text columns of the evaluation sets")
     p.add_argument("--eval-id-field", default=None, help="column naming an item (default: row number)")

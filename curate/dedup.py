@@ -22,7 +22,7 @@ import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from datatrove.data import Document
 from datatrove.pipeline.dedup.minhash import (
-    MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature,
+    MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupSignature,
 )
 from datatrove.pipeline.writers.parquet import ParquetWriter
 from datatrove.utils.hashing import HashConfig

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob as globlib
+import hashlib
 import json
 import os
 import tempfile
@@ -185,6 +186,15 @@ def write_text(text: str, path: str | Path) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_json(path: str | Path):

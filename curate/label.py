@@ -187,7 +187,7 @@ class LabelRollout:
 
 def label_fingerprint(sample_path: str | Path, cfg: LabelConfig) -> str:
     """What the labels depend on: the sample's bytes, the model, the prompt and the generation settings."""
-    from curate.train import file_sha256
+    from curate.io import file_sha256
 
     settings = cfg.model_dump(include={"model", "prompt", "max_doc_tokens", "tokenizer", "max_tokens", "temperature",
                                        "tasks", "records_per_chunk"})

@@ -27,7 +27,7 @@ from curate.config import MixConfig
 from curate.io import Dropped, InputError, atomic_path, iter_documents, write_json
 from curate.progress import Progress
 from curate.schema import (
-    BEHAVIOR_SCORE, BEHAVIORS, ID, MIX_SCHEMA, N_TOKENS, PROB_COLUMNS, REPEATS, SCORE_COLUMNS, TEXT, URL, WEIGHT,
+    BEHAVIOR_SCORE, ID, MIX_SCHEMA, N_TOKENS, REPEATS, SCORE_COLUMNS, TEXT, URL, WEIGHT,
 )
 
 BUDGET_TOLERANCE = 0.001  # the fill stops once within 0.1% below the budget

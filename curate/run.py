@@ -15,7 +15,7 @@ from pathlib import Path
 
 from curate.cluster import DaskCluster
 from curate.config import Job
-from curate.io import list_input_files, read_json
+from curate.io import file_sha256, list_input_files, read_json
 from curate import mix as mix_stage
 from curate import filters as filters_stage
 from curate import report, score as score_stage, train as train_stage
@@ -32,10 +32,6 @@ class RunResult:
     skipped: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
 
 def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
@@ -49,7 +45,7 @@ def train_fingerprint(job: Job) -> str:
     """What the classifier depends on: the labels' bytes, the train settings and the seed."""
     if job.train.labels is None:
         raise ValueError("train.labels is not set and the job has no label stage")
-    return _fingerprint(train_stage.file_sha256(job.train.labels), job.train.model_dump(), job.seed)
+    return _fingerprint(file_sha256(job.train.labels), job.train.model_dump(), job.seed)
 
 
 def train_current(job: Job) -> bool:
@@ -65,7 +61,7 @@ def filters_fingerprint(job: Job, scores_fingerprint: str) -> str | None:
     if not cfg.dedup.enabled and not cfg.decontaminate.eval_sets:
         return None
     return _fingerprint(scores_fingerprint, cfg.model_dump(), job.score.tasks,
-                        [train_stage.file_sha256(s.path) for s in cfg.decontaminate.eval_sets])
+                        [file_sha256(s.path) for s in cfg.decontaminate.eval_sets])
 
 
 def mix_fingerprint(job: Job, scores_fingerprint: str) -> str:

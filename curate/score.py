@@ -21,13 +21,12 @@ from datatrove.utils.logging import logger
 
 from curate.config import ScoreConfig
 from curate.io import (
-    Dropped, InputError, iter_documents, list_input_files, metadata_problem, read_json, write_json,
+    Dropped, InputError, file_sha256, iter_documents, list_input_files, metadata_problem, read_json, write_json,
     write_text,
 )
 from curate.progress import Progress
 from curate.schema import (
     BEHAVIOR_SCORE,
-    BEHAVIORS,
     ID,
     N_TOKENS,
     PROB_COLUMNS,
@@ -184,10 +183,7 @@ def scores_fingerprint(model_path: str, files: list[str], cfg: ScoreConfig, char
     files (path, size, mtime) and token counting."""
     from curate.train import CARD_FILE
 
-    h = hashlib.sha256()
-    with open(model_path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    h = hashlib.sha256(file_sha256(model_path).encode())
     card = Path(model_path).parent / CARD_FILE
     if card.exists():
         h.update(json.dumps([read_json(card).get(k) for k in ("recipe", "calibration")]).encode())

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from curate.config import TrainConfig
-from curate.io import read_json, write_json
+from curate.io import file_sha256, read_json, write_json
 from curate.schema import BEHAVIORS, ID, RAW_RESPONSE, TEXT, normalize_text
 
 log = logging.getLogger(__name__)
@@ -394,14 +394,6 @@ def assign_folds(ids: list[str], positive: np.ndarray, k: int, seed: int) -> np.
     folds = np.empty(len(ids), dtype=np.int64)
     folds[order] = np.arange(len(ids)) % k
     return folds
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def test_same_seed_same_sample_any_file_order(shared_dir, tmp_path):
     files = [str(shared_dir / "data" / "mathweb" / f) for f in ("math.parquet", "cstheory.parquet")]
     a = sample(files, tmp_path / "a.parquet", SampleConfig(n=50), seed=7)
     b = sample(files[::-1], tmp_path / "b.parquet", SampleConfig(n=50), seed=7)
-    c = sample(files, tmp_path / "c.parquet", SampleConfig(n=50), seed=8)
+    sample(files, tmp_path / "c.parquet", SampleConfig(n=50), seed=8)
     ids = {k: pq.read_table(tmp_path / f"{k}.parquet")["id"].to_pylist() for k in "abc"}
     assert a["documents_out"] == b["documents_out"] == 50 and a["documents_in"] == 988 + 213
     assert ids["a"] == ids["b"] and len(set(ids["a"])) == 50

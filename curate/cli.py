@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -312,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:  # dask's scheduler and workers narrate every start and stop at INFO
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         return args.func(args)
     except (JobError, ValidationError) as e:

@@ -98,8 +98,9 @@ class DaskCluster:
         if self.slurm is None:
             from distributed import LocalCluster
 
+            # in-process; its diagnostics servers listen on loopback only (None still binds 0.0.0.0:8787)
             cluster = LocalCluster(n_workers=1, threads_per_worker=os.cpu_count() or 1, processes=False,
-                                   dashboard_address=None)
+                                   dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0")
         else:
             from dask_jobqueue import SLURMCluster
 

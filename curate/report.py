@@ -112,7 +112,7 @@ Tokens by behavior-probability bucket, before → after mixing:
 
 ## Classifier
 One fastText model, one-vs-all over the four behaviors, trained on {classifier_card['n_train']} labeled
-documents; held-out split of {classifier_card['n_valid']} documents ({classifier_card['metrics_on']}):
+documents. Figures below: {classifier_card['metrics_on']}.
 
 | behavior | ROC-AUC | F1 | threshold |
 |---|---|---|---|

@@ -43,7 +43,9 @@ def _cmd_run(args) -> int:
     if args.executor:
         job.executor = args.executor
     if job.executor == "slurm":
-        return _submit(job)
+        from curate.cluster import submit
+
+        return _print_submitted(submit(job), job.out)
     start = time.monotonic()
     result = run_job(job)
     for stage, why in result.skipped.items():
@@ -53,17 +55,21 @@ def _cmd_run(args) -> int:
     return _exit_status(result.errors)
 
 
-def _submit(job) -> int:
-    from curate.cluster import submit
-
-    submitted = submit(job)
+def _print_submitted(submitted: dict[str, str], output_dir) -> int:
     if not submitted:
-        print(f"nothing to submit: all stages are current in {job.out}")
+        print(f"nothing to submit: all stages are current in {output_dir}")
     for stage, job_id in submitted.items():
         print(f"submitted {stage}: Slurm job {job_id}")
     if submitted:
-        print(f"follow it with: curate status {job.out}")
+        print(f"follow it with: curate status {output_dir}")
     return 0
+
+
+def _site_settings(args):
+    """The `slurm` section of the job file given with --job (defaults without one)."""
+    from curate.config import SlurmConfig
+
+    return load_job(args.job).slurm if args.job else SlurmConfig()
 
 
 def _cmd_status(args) -> int:
@@ -89,6 +95,12 @@ def _cmd_train(args) -> int:
 def _cmd_score(args) -> int:
     from curate.score import score_files
 
+    if args.executor == "slurm":
+        from curate.cluster import submit_score
+        from curate.io import list_input_files
+
+        return _print_submitted(submit_score(list_input_files(args.inputs, args.glob), args.model, args.out,
+                                             model_from_options(ScoreConfig, args), _site_settings(args)), args.out)
     summary = score_files(args.inputs, args.glob, args.model, args.out, model_from_options(ScoreConfig, args))
     print(("skipped: scores are current in " if summary["skipped"] else "scores written to ") + str(args.out))
     return _exit_status(summary["file_errors"])
@@ -169,6 +181,11 @@ def _cmd_sample(args) -> int:
 def _cmd_label(args) -> int:
     from curate.label import LabelingStopped, label
 
+    if args.executor == "slurm":
+        from curate.cluster import submit_label
+
+        return _print_submitted(submit_label(args.sample, args.out, model_from_options(LabelConfig, args),
+                                             _site_settings(args)), args.out)
     try:
         stats = label(args.sample, args.out, model_from_options(LabelConfig, args))
     except LabelingStopped as e:
@@ -218,6 +235,13 @@ def _cmd_eval_labels(args) -> int:
     return 0
 
 
+def _add_executor(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", choices=["local", "slurm"], default="local",
+                        help="run here, or submit Slurm jobs and return (follow them with `curate status OUT`)")
+    parser.add_argument("--job", default=None, help="with --executor slurm: a job file whose `slurm` section "
+                                                    "holds the site settings (partition, gpus_per_task, ...)")
+
+
 def _add_inputs(parser: argparse.ArgumentParser, what: str = "Parquet/JSONL files or folders") -> None:
     parser.add_argument("inputs", nargs="+", help=what)
     parser.add_argument("--glob", default=None, help="glob inside input folders, e.g. '**/*.parquet'")
@@ -249,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sample", help="sample Parquet file (from `curate sample`)")
     p.add_argument("--out", required=True, help="output folder for labels.parquet, label_stats.json, checkpoints")
     add_model_options(p, LabelConfig)
+    _add_executor(p)
     p.set_defaults(func=_cmd_label)
 
     p = sub.add_parser("eval-labels", help="agreement of a labels file with reference labels, per behavior")
@@ -264,11 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("score", help="score input shards with a classifier (datatrove, local executor)")
+    p = sub.add_parser("score", help="score input shards with a classifier (datatrove, local or Slurm executor)")
     _add_inputs(p, "Parquet/JSONL files or folders")
     p.add_argument("--model", required=True, help="classifier model.bin")
     p.add_argument("--out", required=True, help="scores folder")
     add_model_options(p, ScoreConfig)
+    _add_executor(p)
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("mix", help="make a token-budgeted mix from input shards and their scores")

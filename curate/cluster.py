@@ -2,9 +2,9 @@
 status, and the dask cluster of the mix's global pass.
 
 Locally a stage runs on datatrove's LocalPipelineExecutor. On Slurm every stage is a datatrove
-SlurmPipelineExecutor (an sbatch array job): `train` and `finish` (scores summary, mix, card) are
-one-task pipelines around the stage functions, `score` is one array task per rank, and each waits
-for the one before with an `afterok` dependency. Every stage keeps datatrove's completions in its
+SlurmPipelineExecutor (an sbatch array job): `sample`, `label` (with the site's GPUs per task),
+`train` and `finish` (scores summary, mix, card) are one-task pipelines around the stage functions,
+`score` is one array task per rank, and each waits for the one before with an `afterok` dependency. Every stage keeps datatrove's completions in its
 logging folder, so relaunching a partly failed chain submits only the ranks that did not finish.
 """
 
@@ -21,7 +21,7 @@ from typing import Literal
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
-from curate.config import Job, SlurmConfig
+from curate.config import Job, LabelConfig, ScoreConfig, SlurmConfig
 from curate.io import list_input_files, read_json, write_json
 
 SLURM_DIR, JOBS_FILE, RESULT_FILE = "slurm", "jobs.json", "result.json"
@@ -56,9 +56,10 @@ def default_partition() -> str:
 
 
 def build_executor(pipeline: list, *, tasks: int, workers: int, logging_dir: str | Path,
-                   slurm: SlurmConfig | None = None, job_name: str = "curate", depends=None):
+                   slurm: SlurmConfig | None = None, job_name: str = "curate", depends=None, gpus: bool = False):
     """A LocalPipelineExecutor, or with `slurm` site settings a SlurmPipelineExecutor (whose `run()`
-    submits an array job of `tasks` ranks, at most `workers` at a time, after `depends` succeeded)."""
+    submits an array job of `tasks` ranks, at most `workers` at a time, after `depends` succeeded;
+    with `gpus`, each task gets the site's `gpus_per_task`)."""
     if slurm is None:
         from datatrove.executor import LocalPipelineExecutor
 
@@ -69,7 +70,7 @@ def build_executor(pipeline: list, *, tasks: int, workers: int, logging_dir: str
     return SlurmPipelineExecutor(
         pipeline=pipeline, tasks=tasks, workers=workers, logging_dir=str(Path(logging_dir).resolve()),
         partition=slurm.partition or default_partition(), time=slurm.time, cpus_per_task=slurm.cpus_per_task,
-        mem_per_cpu_gb=slurm.mem_per_cpu_gb, gpus_per_task=slurm.gpus_per_task, job_name=job_name,
+        mem_per_cpu_gb=slurm.mem_per_cpu_gb, gpus_per_task=slurm.gpus_per_task if gpus else 0, job_name=job_name,
         env_command=slurm.env_command, sbatch_args=dict(slurm.sbatch_args), max_array_size=slurm.max_array_size,
         qos=slurm.sbatch_args.get("qos"), depends=depends,
     )
@@ -128,31 +129,55 @@ def _name_prefix(job: Job) -> str:
 
 
 class JobStage(PipelineStep):
-    """A stage of a job as a one-task datatrove pipeline on Slurm. `train` trains the classifier and
-    readies the scores folder for it; `finish` records the scores summary (every rank is done by
-    then), mixes with the dask cluster of the job, writes the card and `slurm/result.json`."""
+    """A stage of a job as a one-task datatrove pipeline on Slurm. `sample` draws the label sample,
+    `label` labels it (starting `vllm serve` on the task's GPUs with `server_type: vllm`), `train`
+    trains the classifier and readies the scores folder for it; `finish` records the scores summary
+    (every rank is done by then), mixes with the dask cluster of the job, writes the card and
+    `slurm/result.json`."""
 
     name = "🧩 curate stage"
     type = "🔗 - CHAIN"
 
-    def __init__(self, job: Job, stage: Literal["train", "finish"]):
+    def __init__(self, job: Job, stage: Literal["sample", "label", "train", "finish"]):
         super().__init__()
         self.job, self.stage = job, stage
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         from curate import run, score as score_stage
 
-        job = self.job
-        if self.stage == "train":
-            model = run.run_train(job, run.RunResult())
-            files = list_input_files(job.input.paths, job.input.glob)
+        job, result = self.job, run.RunResult()
+        files = list_input_files(job.input.paths, job.input.glob)
+        if self.stage == "sample":
+            run.run_sample(job, files, result)
+        elif self.stage == "label":
+            run.run_label(job, result)
+        elif self.stage == "train":
+            run.use_label_output(job)
+            model = run.run_train(job, result)
             score_stage.prepare(files, str(model), job.out / SCORES_DIR, job.score)
         else:
             result = run.run_job(job)
             write_json({"ran": result.ran, "skipped": result.skipped, "errors": result.errors},
                        job.out / SLURM_DIR / RESULT_FILE)
-            for error in result.errors:
-                logger.error(error)
+        for error in result.errors:
+            logger.error(error)
+        self.stat_update(f"stage_{self.stage}")
+        yield from ()
+
+
+class StageCall(PipelineStep):
+    """A stage function called once as a one-task datatrove pipeline on Slurm (`curate label` and
+    the scores summary of `curate score` with `--executor slurm`)."""
+
+    name = "🧩 curate stage"
+    type = "🔗 - CHAIN"
+
+    def __init__(self, stage: str, function, *args):
+        super().__init__()
+        self.stage, self.function, self.args = stage, function, args
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        self.function(*self.args)
         self.stat_update(f"stage_{self.stage}")
         yield from ()
 
@@ -172,25 +197,59 @@ def _reset(logging_dir: Path) -> None:
         completion.unlink()
 
 
+def _refuse_if_active(output_dir: Path) -> None:
+    """Stop when Slurm jobs submitted earlier for `output_dir` are still queued or running."""
+    jobs_path = output_dir / SLURM_DIR / JOBS_FILE
+    if jobs_path.exists():
+        active = _active_jobs([s["job_id"] for s in read_json(jobs_path).values()])
+        if active:
+            raise ClusterError(f"{output_dir} has Slurm jobs still queued or running ({', '.join(sorted(active))}); "
+                               f"see `curate status {output_dir}`, or scancel them to start over")
+
+
+def _launch(stages: dict, output_dir: Path) -> dict[str, str]:
+    """Submit the last of `stages` ({name: executor or None}, each depending on ones before it),
+    which submits its dependencies first; record them in `slurm/jobs.json` for `curate status`.
+    Returns {stage: Slurm job id}."""
+    stages = {name: ex for name, ex in stages.items() if ex is not None}
+    list(stages.values())[-1].run()
+    submitted = {
+        name: {"job_id": str(ex.job_id), "tasks": ex.tasks, "logging_dir": str(ex.logging_dir.path),
+               "slurm_logs": ex.slurm_logs_folder, "ranks": _ranks_to_run(Path(ex.logging_dir.path))}
+        for name, ex in stages.items() if ex.job_id not in (None, -1)
+    }
+    write_json(submitted, output_dir / SLURM_DIR / JOBS_FILE)
+    return {name: s["job_id"] for name, s in submitted.items()}
+
+
+def _one_task(step: PipelineStep, logging_dir: Path, slurm: SlurmConfig, job_name: str, depends=None,
+              gpus: bool = False):
+    """A one-task Slurm stage that runs again when submitted (its completion is forgotten)."""
+    _reset(logging_dir)
+    return build_executor([step], tasks=1, workers=1, logging_dir=logging_dir, slurm=slurm, job_name=job_name,
+                          depends=depends, gpus=gpus)
+
+
 def submit(job: Job) -> dict[str, str]:
-    """Submit the job to Slurm and return: train (unless current) -> score array (its unfinished
-    ranks) -> finish, each after the one before succeeded. Returns {stage: Slurm job id} of what was
-    submitted ({} when every stage is current)."""
+    """Submit the job to Slurm and return: (sample -> label ->) train -> score array (its unfinished
+    ranks) -> finish, each after the one before succeeded and each left out when current. Returns
+    {stage: Slurm job id} of what was submitted ({} when every stage is current)."""
     from curate import run, score as score_stage
 
+    _refuse_if_active(job.out)
     slurm_dir = job.out / SLURM_DIR
-    jobs_path = slurm_dir / JOBS_FILE
-    if jobs_path.exists():
-        earlier = read_json(jobs_path)
-        active = _active_jobs([s["job_id"] for s in earlier.values()])
-        if active:
-            raise ClusterError(f"{job.out} has Slurm jobs still queued or running ({', '.join(sorted(active))}); "
-                               f"see `curate status {job.out}`, or scancel them to start over")
     files = list_input_files(job.input.paths, job.input.glob)
     prefix, scores_dir = _name_prefix(job), job.out / SCORES_DIR
     model = str(job.out / "classifier" / "model.bin")
-    train = None
-    if run.train_current(job):
+    sample = label = train = None
+    if job.sample is not None and job.label is not None:
+        if not run.sample_current(job, files):
+            sample = _one_task(JobStage(job, "sample"), slurm_dir / "sample", job.slurm, f"{prefix}-sample")
+        if sample is not None or not run.label_current(job):
+            label = _one_task(JobStage(job, "label"), slurm_dir / "label", job.slurm, f"{prefix}-label",
+                              depends=sample, gpus=True)
+        run.use_label_output(job)
+    if label is None and run.train_current(job):
         tokens, fingerprint, score_done = score_stage.prepare(files, model, scores_dir, job.score)
         if score_done and run.mix_current(job, fingerprint):
             return {}
@@ -199,27 +258,50 @@ def submit(job: Job) -> dict[str, str]:
         tokens = score_stage.token_settings(files, scores_dir, job.score)
         score_stage.claim_scores(scores_dir, "pending: the classifier is being trained")
         score_done = False
-        _reset(slurm_dir / "train")
-        train = build_executor([JobStage(job, "train")], tasks=1, workers=1, logging_dir=slurm_dir / "train",
-                               slurm=job.slurm, job_name=f"{prefix}-train")
+        train = _one_task(JobStage(job, "train"), slurm_dir / "train", job.slurm, f"{prefix}-train", depends=label)
     score = None
     if not score_done:
         score = build_executor(score_stage.build_pipeline(files, model, scores_dir, job.score, tokens),
                                tasks=job.score.tasks, workers=job.score.workers,
                                logging_dir=scores_dir / score_stage.LOGS_DIR, slurm=job.slurm,
                                job_name=f"{prefix}-score", depends=train)
-    _reset(slurm_dir / "finish")
-    finish = build_executor([JobStage(job, "finish")], tasks=1, workers=1, logging_dir=slurm_dir / "finish",
-                            slurm=job.slurm, job_name=f"{prefix}-finish", depends=score or train)
-    stages = {name: ex for name, ex in (("train", train), ("score", score), ("finish", finish)) if ex is not None}
-    finish.run()  # launches its dependencies first
-    submitted = {
-        name: {"job_id": str(ex.job_id), "tasks": ex.tasks, "logging_dir": str(ex.logging_dir.path),
-               "slurm_logs": ex.slurm_logs_folder, "ranks": _ranks_to_run(Path(ex.logging_dir.path))}
-        for name, ex in stages.items() if ex.job_id not in (None, -1)
-    }
-    write_json(submitted, jobs_path)
-    return {name: s["job_id"] for name, s in submitted.items()}
+    finish = _one_task(JobStage(job, "finish"), slurm_dir / "finish", job.slurm, f"{prefix}-finish",
+                       depends=score or train)
+    return _launch({"sample": sample, "label": label, "train": train, "score": score, "finish": finish}, job.out)
+
+
+def submit_label(sample_path: str | Path, out_dir: str | Path, cfg: LabelConfig, slurm: SlurmConfig) -> dict[str, str]:
+    """`curate label --executor slurm`: one Slurm task (with the site's GPUs per task) labels the
+    sample into `out_dir`. Returns {"label": Slurm job id}."""
+    from curate import label as label_stage
+
+    out_dir = Path(out_dir).resolve()
+    _refuse_if_active(out_dir)
+    step = StageCall("label", label_stage.label, str(Path(sample_path).resolve()), out_dir, cfg)
+    label = _one_task(step, out_dir / SLURM_DIR / "label", slurm, f"{slurm.job_name_prefix or 'curate'}-label",
+                      gpus=True)
+    return _launch({"label": label}, out_dir)
+
+
+def submit_score(files: list[str], model_path: str, out_dir: str | Path, cfg: ScoreConfig,
+                 slurm: SlurmConfig) -> dict[str, str]:
+    """`curate score --executor slurm`: the scoring array (its unfinished ranks), then one task that
+    writes the scores summary. Returns {stage: Slurm job id}; {} when the scores are current."""
+    from curate import score as score_stage
+
+    out_dir = Path(out_dir).resolve()
+    _refuse_if_active(out_dir)
+    files, model_path = [str(Path(f).resolve()) for f in files], str(Path(model_path).resolve())
+    tokens, _, done = score_stage.prepare(files, model_path, out_dir, cfg)
+    if done:
+        return {}
+    prefix = slurm.job_name_prefix or "curate"
+    score = build_executor(score_stage.build_pipeline(files, model_path, out_dir, cfg, tokens), tasks=cfg.tasks,
+                           workers=cfg.workers, logging_dir=out_dir / score_stage.LOGS_DIR, slurm=slurm,
+                           job_name=f"{prefix}-score")
+    summary = _one_task(StageCall("summary", score_stage.score, files, model_path, out_dir, cfg),
+                        out_dir / SLURM_DIR / "summary", slurm, f"{prefix}-summary", depends=score)
+    return _launch({"score": score, "summary": summary}, out_dir)
 
 
 def _ranks_to_run(logging_dir: Path) -> list[int]:

@@ -190,9 +190,6 @@ class Job(_Section):
             raise ValueError("the sample and label sections go together (sample -> label -> train)")
         if self.bootstrap is None and self.label is not None and self.train.labels is not None:
             raise ValueError("train.labels is set but the label stage makes the labels; remove one of them")
-        if self.label is not None and self.executor == "slurm":
-            raise ValueError("the label stage runs with executor 'local' (on a GPU node: srun ... curate run JOB); "
-                             "submit train/score/mix to Slurm with train.labels set to its labels file")
         return self
 
     @property

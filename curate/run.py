@@ -83,27 +83,66 @@ def sample_fingerprint(job: Job, files: list[str]) -> str:
     return _fingerprint(stamps, job.sample.model_dump(), job.seed)
 
 
-def run_labels(job: Job, files: list[str], result: RunResult) -> None:
-    """sample -> label, when the job has both sections; their labels file becomes train's input."""
-    if job.sample is None or job.label is None:
-        return
-    sample_path = job.out / "sample" / "sample.parquet"
-    fingerprint = sample_fingerprint(job, files)
-    if _current(sample_stage.stats_path(sample_path), fingerprint) and sample_path.exists():
+def sample_file(job: Job) -> Path:
+    """The label sample of a job with sample and label sections."""
+    return job.out / "sample" / "sample.parquet"
+
+
+def labels_dir(job: Job) -> Path:
+    """The label stage's output folder (labels file, stats, checkpoints)."""
+    return job.out / "labels"
+
+
+def sample_current(job: Job, files: list[str]) -> bool:
+    """Whether the job's sample was drawn from the same inputs and settings."""
+    path = sample_file(job)
+    return _current(sample_stage.stats_path(path), sample_fingerprint(job, files)) and path.exists()
+
+
+def label_current(job: Job) -> bool:
+    """Whether the job's labels are of the current sample, model and prompt."""
+    sample, out = sample_file(job), labels_dir(job)
+    return sample.exists() and (out / label_stage.LABELS_FILE).exists() and _current(
+        out / label_stage.STATS_FILE, label_stage.label_fingerprint(sample, job.label))
+
+
+def use_label_output(job: Job) -> None:
+    """Point train at the label stage's labels file, when the job has a sample -> label stage."""
+    if job.sample is not None and job.label is not None:
+        job.train.labels = str(labels_dir(job) / label_stage.LABELS_FILE)
+
+
+def run_sample(job: Job, files: list[str], result: RunResult) -> None:
+    """Draw the label sample unless it is current."""
+    sample_path = sample_file(job)
+    if sample_current(job, files):
         result.skipped["sample"] = f"{sample_path} was drawn from the same inputs and settings"
-    else:
-        stats = sample_stage.sample(files, sample_path, job.sample, seed=job.seed, fingerprint=fingerprint)
-        result.errors.extend(stats["file_errors"])
-        result.ran.append("sample")
-    labels_dir = job.out / "labels"
-    stats = label_stage.label(sample_path, labels_dir, job.label)
+        return
+    stats = sample_stage.sample(files, sample_path, job.sample, seed=job.seed,
+                                fingerprint=sample_fingerprint(job, files))
+    result.errors.extend(stats["file_errors"])
+    result.ran.append("sample")
+
+
+def run_label(job: Job, result: RunResult) -> None:
+    """Label the sample (the label stage skips itself when its labels are current); train reads them."""
+    out = labels_dir(job)
+    stats = label_stage.label(sample_file(job), out, job.label)
     if stats["skipped"]:
-        result.skipped["label"] = f"{labels_dir} holds labels of the same sample, model and prompt"
+        result.skipped["label"] = f"{out} holds labels of the same sample, model and prompt"
     else:
         result.ran.append("label")
         log.info("label: %d documents, parse-failure rate %.1f%%", stats["documents"],
                  100 * (stats["parse_failure_rate"] or 0))
-    job.train.labels = str(labels_dir / label_stage.LABELS_FILE)
+    use_label_output(job)
+
+
+def run_labels(job: Job, files: list[str], result: RunResult) -> None:
+    """sample -> label, when the job has both sections; their labels file becomes train's input."""
+    if job.sample is None or job.label is None:
+        return
+    run_sample(job, files, result)
+    run_label(job, result)
 
 
 def run_train(job: Job, result: RunResult) -> Path:

@@ -1,5 +1,6 @@
 """The dry run as real Slurm array jobs on a real single-node cluster: same output as the local
-executor, and a killed array task is the only thing a relaunch runs again."""
+executor, and a killed array task is the only thing a relaunch runs again; a job's sample -> label
+stages (against a real llama.cpp server) as Slurm jobs, and `curate label --executor slurm`."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from curate.schema import LABELS_SCHEMA
 
 from tests.slurm_cluster import REPO, wait_for_idle_queue
 
@@ -123,4 +128,64 @@ def test_killed_array_task_is_the_only_rank_run_again(slurm_cluster, local_run, 
     assert (completions / "00000").stat().st_mtime_ns == kept_completion
     assert mix_files(out) and mix_files(out) == mix_files(local_run)
     assert (out / "mix" / "stats.json").read_text() == (local_run / "mix" / "stats.json").read_text()
+    wait_for_idle_queue()
+
+
+def _gsm_docs(folder: Path, n: int) -> Path:
+    """The `n` shortest GSM8K documents of the bundled reference labels, as an input file."""
+    gold = pq.read_table(REPO / "curate" / "data" / "labels" / "gold.parquet")
+    gsm = gold.filter(pc.starts_with(gold["url"], "gsm8k"))
+    gsm = gsm.take(pc.sort_indices(pc.utf8_length(gsm["text"]))).slice(0, n)
+    path = folder / "docs.parquet"
+    pq.write_table(gsm.select(["url", "text"]), path)
+    return path
+
+
+def test_sample_and_label_run_as_slurm_jobs_before_train(slurm_cluster, llama_server, tmp_path):
+    """sample (2 short GSM8K documents) -> label (the real llama.cpp server) -> train -> score -> finish
+    are submitted as one chain. Train reads only the label stage's labels, and 2 of them are too few
+    for its cross-validation, so the chain stops there: train fails with its one-line error and
+    Slurm cancels score and finish (kill_invalid_depend)."""
+    small = {"server_type": "endpoint", "endpoint_url": llama_server.url, "model": "smollm2", "max_doc_tokens": 40,
+             "max_tokens": 48, "concurrency": 1}
+    job = dryrun_job(tmp_path, "out", input={"paths": [str(_gsm_docs(tmp_path, 4))]}, sample={"n": 2}, label=small,
+                     train={"cv_folds": 2})
+    spec = yaml.safe_load(job.read_text())
+    del spec["train"]["labels"]  # the label stage makes train's labels
+    job.write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = tmp_path / "out"
+    stages = submitted(run_curate("run", job))
+    assert list(stages) == ["sample", "label", "train", "score", "finish"]
+    wait_for_chain(out)
+
+    jobs = json.loads((out / "slurm" / "jobs.json").read_text())
+    assert {stage: info["job_id"] for stage, info in jobs.items()} == stages
+    for stage in ("sample", "label"):  # each ran as its Slurm job and finished
+        assert (Path(jobs[stage]["logging_dir"]) / "completions" / "00000").exists()
+    labels = pq.read_table(out / "labels" / "labels.parquet")
+    assert labels.schema.equals(LABELS_SCHEMA) and labels.num_rows == 2
+    assert sorted(labels["id"].to_pylist()) == sorted(pq.read_table(out / "sample" / "sample.parquet")["id"].to_pylist())
+    assert set(labels["labeler"].to_pylist()) == {"smollm2"} and all(labels["raw_response"].to_pylist())
+    status = run_curate("status", out)
+    lines = {line.split()[0]: line for line in status.stdout.splitlines()}
+    assert status.returncode == 1 and list(lines) == list(stages), status.stdout
+    assert "done 1/1" in lines["sample"] and "done 1/1" in lines["label"], status.stdout
+    assert "failed 1 (ranks 0)" in lines["train"] and not (out / "classifier" / "model.bin").exists()
+    train_log = "".join(p.read_text() for p in Path(jobs["train"]["slurm_logs"]).glob(f"{stages['train']}*"))
+    assert "2 usable rows are too few for 2-fold cross-validation" in train_log, train_log[-2000:]
+
+    # relaunched: sample and labels are current, only train -> score -> finish are submitted again
+    again = submitted(run_curate("run", job))
+    assert list(again) == ["train", "score", "finish"]
+    wait_for_chain(out)
+
+    # the single command: `curate label --executor slurm` labels the same sample in a Slurm job
+    single = tmp_path / "single"
+    result = run_curate("label", out / "sample" / "sample.parquet", "--out", single, "--executor", "slurm",
+                        "--job", job, *(f"--{k.replace('_', '-')}={v}" for k, v in small.items()))
+    assert list(submitted(result)) == ["label"]
+    wait_for_chain(single)
+    assert run_curate("status", single).returncode == 0
+    relabeled = pq.read_table(single / "labels.parquet")
+    assert sorted(relabeled["id"].to_pylist()) == sorted(labels["id"].to_pylist())
     wait_for_idle_queue()

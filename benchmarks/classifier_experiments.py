@@ -18,7 +18,9 @@ import numpy as np
 from curate.config import TrainConfig
 from curate.io import write_json
 from curate.schema import BEHAVIORS, normalize_text
-from curate.train import AUC_MARGIN, assign_folds, cross_validate, evaluate, read_evidence, read_labels
+from curate.train import (
+    AUC_MARGIN, assign_folds, cross_validate, evaluate, read_evidence, read_labels, text_lengths,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 WHOLE = dict(window_words=0, evidence=False, normalization="plain", calibrate_length=False)
@@ -80,7 +82,7 @@ def main() -> None:
     ids, texts, counts, _ = read_labels(args.labels)
     evidence = read_evidence(args.labels)
     positive = counts > 0
-    n_chars = np.array([len(normalize_text(t)) for t in texts], dtype=np.float64)
+    n_chars = text_lengths(texts)
     results = {"labels": args.labels, "documents": len(ids), "seed": args.seed, "recipes": {}}
     header = f"{'recipe':58s} " + " ".join(f"{b[:12]:>12s}" for b in BEHAVIORS) + "   mean   secs"
     print(header)

@@ -65,7 +65,6 @@ REASON, DETAIL = "reason", "detail"
 NEAR_DUPLICATE, CONTAMINATION = "near_duplicate", "contamination"
 DROPS_SCHEMA = pa.schema([(ID, pa.string()), (REASON, pa.string()), (DETAIL, pa.string())])
 
-_WHITESPACE = re.compile(r"\s+")
 
 
 def doc_id(url: str | None, text: str) -> str:
@@ -78,7 +77,7 @@ def doc_id(url: str | None, text: str) -> str:
 def normalize_text(text: str) -> str:
     """The one text normalization used at training and at scoring: newlines and runs of
     whitespace become single spaces."""
-    return _WHITESPACE.sub(" ", text).strip()
+    return " ".join(text.split())
 
 
 _WORD = re.compile(r"\w+")

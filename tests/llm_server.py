@@ -109,15 +109,17 @@ class RecordingProxy:
     """Forwards HTTP to `upstream`, recording `{"doc", "status", "time"}` per POST in `records`.
 
     `faults` is a list of answers given instead of forwarding, one per POST, in order: "500" (an
-    HTTP 500 error) or "garbage" (HTTP 200 with a body that is not JSON). When the upstream fails
-    mid-request, the client's connection is reset, as a dying server's would be.
+    HTTP 500 error), "garbage" (HTTP 200 with a body that is not JSON), "stall" (no answer for
+    `stall_s` seconds, then the connection is reset) or "close" (the connection is reset at once).
+    When the upstream fails mid-request, the client's connection is reset, as a dying server's would be.
     """
 
     def __init__(self, upstream: str, port: int | None = None, faults: list[str] | None = None,
-                 records: list | None = None):
+                 records: list | None = None, stall_s: float = 10.0):
         self.upstream = upstream.removeprefix("http://")
         self.port = port or free_port()
         self.faults = list(faults or [])
+        self.stall_s = stall_s
         self.records = records if records is not None else []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -176,6 +178,10 @@ class RecordingProxy:
                 if fault == "garbage":
                     record["status"] = 200
                     return self._reply(200, b"<html>this is not JSON</html>")
+                if fault in ("stall", "close"):
+                    record["status"] = fault
+                    time.sleep(proxy.stall_s if fault == "stall" else 0)
+                    return self._reset()
                 try:
                     status, answer = self._forward("POST", body)
                 except OSError:

@@ -112,6 +112,28 @@ def test_bad_answers_are_kept_as_errors_with_raw_text(llama_server, gsm_sample, 
     assert stats["parse_failures"] == 1 and stats["request_errors"] == 1 and stats["parse_failure_rate"] == 0.5
 
 
+def test_stalled_and_closed_requests_are_retried_then_recorded_as_failed(llama_server, gsm_sample, tmp_path):
+    # document 1: the server stalls past the request timeout (15 s: a real answer takes a few seconds here),
+    # then closes the connection on the retry: after 2 attempts it is recorded as failed with the reason;
+    # document 2 is answered normally
+    proxy = RecordingProxy(llama_server.url, faults=["stall", "close"], stall_s=25).start()
+    sample, out = _subset(gsm_sample, tmp_path, 3, 2), tmp_path / "labels"
+    try:
+        result = run_curate("label", sample, "--out", out, "--endpoint-url", proxy.url, "--retries", "1",
+                            "--request-timeout", "15", *SMALL)
+    finally:
+        proxy.stop()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["status"] for r in proxy.records] == ["stall", "close", 200]
+    assert proxy.records[0]["doc"] == proxy.records[1]["doc"] != proxy.records[2]["doc"]
+    rows = {r["id"]: r for r in pq.read_table(out / LABELS_FILE).to_pylist()}
+    first, second = (rows[i] for i in pq.read_table(sample)["id"].to_pylist())
+    assert first["error"].startswith("request failed after 2 attempts") and all(first[b] is None for b in BEHAVIORS)
+    assert second["raw_response"] and (second["error"] is None or second["error"].startswith("unparseable answer"))
+    stats = json.loads((out / STATS_FILE).read_text())
+    assert stats["request_errors"] == 1 and stats["documents"] == 2
+
+
 def test_paper_layout_asks_four_times_per_document(llama_server, gsm_sample, tmp_path):
     sample, out = _subset(gsm_sample, tmp_path, 5, 1), tmp_path / "labels"
     result = run_curate("label", sample, "--out", out, "--endpoint-url", llama_server.url, "--prompt", "paper",

@@ -31,7 +31,7 @@ from curate import label as label_stage, score as score_stage, train as train_st
 from curate.config import Job
 from curate.dedup import signature
 from curate.io import InputError, file_sha256, iter_documents, list_input_files, read_json, write_json, write_parquet
-from curate.run import _current, _fingerprint
+from curate.run import fingerprint_of, is_current
 from curate.schema import SAMPLE_SCHEMA
 from curate.schema import BEHAVIOR_SCORE, BEHAVIORS, ID, LABELS_SCHEMA, PROB_COLUMNS, SCORES_SCHEMA, TEXT
 
@@ -175,10 +175,10 @@ def bootstrap_fingerprints(job: Job, files: list[str]) -> list[str]:
     labeler = job.label.model_dump(include={"model", "prompt", "max_doc_tokens", "tokenizer", "max_tokens",
                                             "temperature", "structured_output"})
     selection = job.bootstrap.model_dump(exclude={"rounds"})
-    fingerprints = [_fingerprint("bootstrap", file_sha256(job.train.labels), job.train.model_dump(),
+    fingerprints = [fingerprint_of("bootstrap", file_sha256(job.train.labels), job.train.model_dump(),
                                  job.seed)]
     for _ in range(job.bootstrap.rounds):
-        fingerprints.append(_fingerprint(fingerprints[-1], stamps, selection, labeler,
+        fingerprints.append(fingerprint_of(fingerprints[-1], stamps, selection, labeler,
                                          job.score.model_dump(include={"tokenizer", "token_count"}),
                                          job.train.model_dump(), job.seed))
     return fingerprints
@@ -195,7 +195,7 @@ def bootstrap(job: Job) -> dict:
     for r, fingerprint in enumerate(fingerprints):
         out = round_dir(job.out, r)
         metrics_path = out / METRICS_FILE
-        if _current(metrics_path, fingerprint):
+        if is_current(metrics_path, fingerprint):
             skipped.append(r)
             rounds.append(read_json(metrics_path))
             labels_path = out / TRAIN_LABELS if r else labels_path
@@ -207,7 +207,7 @@ def bootstrap(job: Job) -> dict:
             previous = round_dir(job.out, r - 1) / "classifier"
             labeled = as_labels(pq.read_table(labels_path))
             selection_path = out / SELECTION_FILE
-            if _current(out / SELECTION_STATS, fingerprint) and selection_path.exists():
+            if is_current(out / SELECTION_STATS, fingerprint) and selection_path.exists():
                 selection_stats = read_json(out / SELECTION_STATS)  # an interrupted round: same picks
             else:
                 log.info("bootstrap round %d: scoring the pool (%d files) with %s", r, len(files), previous)

@@ -33,11 +33,13 @@ class RunResult:
     errors: list[str] = field(default_factory=list)
 
 
-def _fingerprint(*parts) -> str:
+def fingerprint_of(*parts) -> str:
+    """SHA-256 of the JSON of `parts`: what a stage's output was made from."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _current(path: Path, fingerprint: str) -> bool:
+def is_current(path: Path, fingerprint: str) -> bool:
+    """Whether the JSON file at `path` records this fingerprint."""
     return path.exists() and read_json(path).get("fingerprint") == fingerprint
 
 
@@ -45,13 +47,13 @@ def train_fingerprint(job: Job) -> str:
     """What the classifier depends on: the labels' bytes, the train settings and the seed."""
     if job.train.labels is None:
         raise ValueError("train.labels is not set and the job has no label stage")
-    return _fingerprint(file_sha256(job.train.labels), job.train.model_dump(), job.seed)
+    return fingerprint_of(file_sha256(job.train.labels), job.train.model_dump(), job.seed)
 
 
 def train_current(job: Job) -> bool:
     """Whether the job's classifier was trained on the same labels and settings."""
     out = job.out / "classifier"
-    return _current(out / train_stage.CARD_FILE, train_fingerprint(job)) and (out / train_stage.MODEL_FILE).exists()
+    return is_current(out / train_stage.CARD_FILE, train_fingerprint(job)) and (out / train_stage.MODEL_FILE).exists()
 
 
 def filters_fingerprint(job: Job, scores_fingerprint: str) -> str | None:
@@ -60,27 +62,27 @@ def filters_fingerprint(job: Job, scores_fingerprint: str) -> str | None:
     cfg = job.filters
     if not cfg.dedup.enabled and not cfg.decontaminate.eval_sets:
         return None
-    return _fingerprint(scores_fingerprint, cfg.model_dump(), job.score.tasks,
+    return fingerprint_of(scores_fingerprint, cfg.model_dump(), job.score.tasks,
                         [file_sha256(s.path) for s in cfg.decontaminate.eval_sets])
 
 
 def mix_fingerprint(job: Job, scores_fingerprint: str) -> str:
     """What the mix depends on: the scores, the filter decisions, the mix settings, the seed and the job's name."""
-    return _fingerprint(scores_fingerprint, job.mix.model_dump(), job.seed, job.name,
+    return fingerprint_of(scores_fingerprint, job.mix.model_dump(), job.seed, job.name,
                         filters_fingerprint(job, scores_fingerprint))
 
 
 def mix_current(job: Job, scores_fingerprint: str) -> bool:
     """Whether the job's mix and card were made from the same scores and settings."""
     out = job.out / "mix"
-    return _current(out / mix_stage.STATS_FILE, mix_fingerprint(job, scores_fingerprint)) and (
+    return is_current(out / mix_stage.STATS_FILE, mix_fingerprint(job, scores_fingerprint)) and (
         out / report.CARD_FILE).exists()
 
 
 def sample_fingerprint(job: Job, files: list[str]) -> str:
     """What the label sample depends on: the input files (path, size, mtime), the sample settings, the seed."""
     stamps = [(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
-    return _fingerprint(stamps, job.sample.model_dump(), job.seed)
+    return fingerprint_of(stamps, job.sample.model_dump(), job.seed)
 
 
 def sample_file(job: Job) -> Path:
@@ -96,13 +98,13 @@ def labels_dir(job: Job) -> Path:
 def sample_current(job: Job, files: list[str]) -> bool:
     """Whether the job's sample was drawn from the same inputs and settings."""
     path = sample_file(job)
-    return _current(sample_stage.stats_path(path), sample_fingerprint(job, files)) and path.exists()
+    return is_current(sample_stage.stats_path(path), sample_fingerprint(job, files)) and path.exists()
 
 
 def label_current(job: Job) -> bool:
     """Whether the job's labels are of the current sample, model and prompt."""
     sample, out = sample_file(job), labels_dir(job)
-    return sample.exists() and (out / label_stage.LABELS_FILE).exists() and _current(
+    return sample.exists() and (out / label_stage.LABELS_FILE).exists() and is_current(
         out / label_stage.STATS_FILE, label_stage.label_fingerprint(sample, job.label))
 
 
@@ -173,7 +175,7 @@ def run_filters(job: Job, files: list[str], scores: dict, result: RunResult) -> 
     if fingerprint is None:
         return None
     out = job.out / "filters"
-    if _current(out / filters_stage.REPORT_FILE, fingerprint) and (out / filters_stage.DROPS_FILE).exists():
+    if is_current(out / filters_stage.REPORT_FILE, fingerprint) and (out / filters_stage.DROPS_FILE).exists():
         result.skipped["filters"] = f"{out} holds filter decisions for the same scores, settings and evaluation sets"
     else:
         report_json = filters_stage.run_filters(files, score_stage.scored_shards(job.out / "scores"), out,

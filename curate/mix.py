@@ -261,11 +261,10 @@ def mix(input_files: list[str], score_shards: list[str], out_dir: str | Path, cf
                "not_selected": int(((repeats == 0) & unique & ~excluded).sum())}
     for i in np.flatnonzero(unique & excluded):
         dropped[exclude[ids[i]]] += 1
-    rows = table.to_pylist()
+    chosen = np.flatnonzero(repeats)
     selected = {
-        ids[i]: {**{k: rows[i][k] for k in (ID, *SCORE_COLUMNS, N_TOKENS)}, WEIGHT: float(weights[i]),
-                 REPEATS: int(repeats[i])}
-        for i in np.flatnonzero(repeats)
+        row[ID]: {**row, WEIGHT: float(weights[i]), REPEATS: int(repeats[i])}
+        for i, row in zip(chosen, table.select([ID, *SCORE_COLUMNS, N_TOKENS]).take(chosen).to_pylist())
     }
     written = write_mix(input_files, selected, out_dir, cfg, seed)
     stats = mix_stats(table, repeats, cfg, dropped)

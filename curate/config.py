@@ -34,7 +34,6 @@ class TrainConfig(_Section):
     word_ngrams: int = Field(2, ge=1)
     min_count: int = Field(2, ge=1)
     bucket: int = Field(100_000, ge=0)
-    quantize: bool = False
     cv_folds: int = Field(5, ge=2, description="k of the k-fold cross-validation (by document) behind the card's metrics")
     normalization: Literal["plain", "math"] = Field("math", description="'math': lowercase, LaTeX commands and "
                                                     "math symbols as tokens, digits -> 0; 'plain': whitespace only")

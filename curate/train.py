@@ -2,7 +2,7 @@
 
 The recipe (chosen by `benchmarks/classifier_experiments.py`, see `classifiers/README.md`):
 - one fastText model scores all four behaviors (one-vs-all loss: an independent sigmoid per label);
-- text normalization that keeps LaTeX commands and math symbols as tokens (`classifier_text`);
+- text normalization that keeps LaTeX commands and math symbols as tokens (`curate.views`);
 - a behavior is a local event in a long page, so the model is trained on windows of a few dozen
   words, labeled positive where the labeler's evidence quote for an instance lies (documents
   without usable evidence are trained on whole), and a document's probability aggregates its
@@ -30,11 +30,12 @@ import pyarrow.parquet as pq
 
 from curate.config import TrainConfig
 from curate.io import file_sha256, read_json, write_json
-from curate.schema import BEHAVIORS, ID, RAW_RESPONSE, TEXT, normalize_text
+from curate.schema import BEHAVIORS, ID, RAW_RESPONSE, TEXT
+from curate.views import LABEL_PREFIX, NORMALIZATIONS, classifier_text, token_starts, window_bounds
+from curate.windowed import WindowLogits
 
 log = logging.getLogger(__name__)
 
-LABEL_PREFIX = "__label__"
 NONE_LABEL = "none"
 MODEL_FILE, CARD_FILE = "model.bin", "card.json"
 AUC_MARGIN = 0.05  # a behavior must beat the length-only scorer by this much ROC-AUC
@@ -104,43 +105,12 @@ def read_evidence(path: str | Path) -> list[dict[str, list[str]]]:
 # Text views: what the model sees
 
 
-_MATH_SYMBOL_CLASS = r"[$^_{}()=+\-*/<>|\[\],.;:!?]"
-
-
-def classifier_texts(texts: list[str], normalization: str) -> list[str]:
-    """The texts the classifier reads. 'plain': whitespace runs -> one space. 'math': also
-    lowercase, LaTeX commands and math/punctuation symbols as separate tokens, digits -> 0, so that
-    `x=2`, `$x$` and `\\frac{a}{b}` share tokens with other formulas. The 'math' rewriting runs in
-    Arrow's C++ string kernels over the whole batch (Python's str.translate was most of the scoring time)."""
-    if normalization == "math":
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        array = pc.replace_substring_regex(pc.utf8_lower(pa.array(texts, type=pa.large_string())), "[1-9]", "0")
-        array = pc.replace_substring(pc.replace_substring_regex(array, f"({_MATH_SYMBOL_CLASS})", r" \1 "), "\\", " \\")
-        texts = array.to_pylist()
-    return [normalize_text(t) for t in texts]
-
-
-def classifier_text(text: str, normalization: str) -> str:
-    """`classifier_texts` of one text."""
-    return classifier_texts([text], normalization)[0]
-
-
 def window_starts(n_words: int, words: int, stride: int) -> list[int]:
     """First word of each window of `words` words every `stride` words; [0] (the whole text)
     when `words` is 0 or the text is not longer than one window."""
     if words <= 0 or n_words <= words:
         return [0]
     return list(range(0, n_words - words + stride, stride))
-
-
-def windows(view: str, words: int) -> list[str]:
-    """Non-overlapping windows of `words` words of a classifier text (the scoring windows)."""
-    tokens = view.split(" ")
-    if words <= 0 or len(tokens) <= words:
-        return [view]
-    return [" ".join(tokens[i : i + words]) for i in range(0, len(tokens), words)]
 
 
 def fasttext_line(text: str, positives: list[str]) -> str:
@@ -226,6 +196,7 @@ class BehaviorClassifier:
 
     def __init__(self, model, recipe: dict, calibration: dict | None = None):
         self.model, self.recipe, self.calibration = model, recipe, calibration
+        self.window_logits = WindowLogits(model, [LABEL_PREFIX + b for b in BEHAVIORS])
 
     @classmethod
     def load(cls, model_path: str | Path) -> BehaviorClassifier:
@@ -239,19 +210,10 @@ class BehaviorClassifier:
         return cls(fasttext.load_model(str(model_path)), recipe, card.get("calibration"))
 
     def window_probabilities(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(windows, 4) fastText probabilities, and the document index of each window."""
-        pieces, owner = [], []
-        for i, view in enumerate(classifier_texts(texts, self.recipe["normalization"])):
-            view_windows = windows(view, self.recipe["window_words"])
-            pieces += view_windows
-            owner += [i] * len(view_windows)
-        labels, probs = self.model.predict(pieces, k=-1, threshold=0.0)
-        column = {LABEL_PREFIX + b: j for j, b in enumerate(BEHAVIORS)}  # other labels (none) -> len(BEHAVIORS)
-        cols = np.array([[column.get(name, len(BEHAVIORS)) for name in names] for names in labels], dtype=np.int64)
-        out = np.zeros((len(pieces), len(BEHAVIORS) + 1), dtype=np.float64)
-        out[np.arange(len(pieces))[:, None], cols] = np.vstack(probs)
-        out = out[:, : len(BEHAVIORS)]
-        return out, np.array(owner, dtype=np.int64)
+        """(windows, 4) probabilities of each window of the recipe, and the text index of each window."""
+        data, starts, first_token = token_starts(texts, self.recipe["normalization"])
+        bounds, owner = window_bounds(first_token, self.recipe["window_words"])
+        return _sigmoid(self.window_logits.logits(data, starts, bounds)), owner
 
     def raw_probabilities(self, texts: list[str]) -> np.ndarray:
         """(n, 4) window probabilities aggregated per document, before calibration."""
@@ -288,8 +250,8 @@ def _fasttext_params(cfg: TrainConfig) -> dict:
 MAX_FITS = 6  # a diverging fit is retried at half the learning rate, in a new process, up to this many fits
 
 
-def _fit_job(lines: list[str], params: dict, recipe: dict, texts: list[str], model_path: str | None,
-             quantize: bool) -> tuple[dict, np.ndarray]:
+def _fit_job(lines: list[str], params: dict, recipe: dict, texts: list[str],
+             model_path: str | None) -> tuple[dict, np.ndarray]:
     """Run in a fresh process: fit on `lines` once, optionally save, return the hyperparameters
     and the uncalibrated probabilities of `texts`. Raises RuntimeError('...NaN...') on divergence."""
     import fasttext
@@ -298,8 +260,6 @@ def _fit_job(lines: list[str], params: dict, recipe: dict, texts: list[str], mod
         train_file = str(Path(tmp) / "train.txt")
         Path(train_file).write_text("\n".join(lines) + "\n")
         model = fasttext.train_supervised(input=train_file, verbose=0, **params)
-        if quantize:
-            model.quantize(input=train_file, retrain=False, cutoff=50_000, qnorm=True)
     if model_path:
         model.save_model(model_path)
     probs = BehaviorClassifier(model, recipe).raw_probabilities(texts) if texts else np.zeros((0, len(BEHAVIORS)))
@@ -335,12 +295,12 @@ def fit_in_fresh_processes(jobs: list[tuple], workers: int) -> list[tuple[dict, 
     return results
 
 
-def fit_fasttext(train_file: str, params: dict, model_path: str, quantize: bool = False) -> dict:
+def fit_fasttext(train_file: str, params: dict, model_path: str) -> dict:
     """Train one fastText model from a training file in a fresh process; return the
     hyperparameters actually used (lr may have been halved after NaN divergence)."""
     lines = Path(train_file).read_text().splitlines()
     recipe = {"normalization": "plain", "window_words": 0, "aggregate": "max"}
-    return fit_in_fresh_processes([(lines, params, recipe, [], model_path, quantize)], workers=1)[0][0]
+    return fit_in_fresh_processes([(lines, params, recipe, [], model_path)], workers=1)[0][0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,10 +393,9 @@ def cross_validate(texts: list[str], positive: np.ndarray, evidence: list[dict],
     per_doc = [training_lines(t, p, e, recipe) for t, p, e in zip(texts, positive, evidence)]
     k = int(folds.max()) + 1
     jobs = [([line for i in np.flatnonzero(folds != f) for line in per_doc[i][0]], params, recipe,
-             [texts[i] for i in np.flatnonzero(folds == f)], None, False) for f in range(k)]
+             [texts[i] for i in np.flatnonzero(folds == f)], None) for f in range(k)]
     if final_model_path:
-        jobs.append(([line for lines, _ in per_doc for line in lines], params, recipe, [], final_model_path,
-                     cfg.quantize))
+        jobs.append(([line for lines, _ in per_doc for line in lines], params, recipe, [], final_model_path))
     results = fit_in_fresh_processes(jobs, cfg.workers)
     oof = np.zeros((len(texts), len(BEHAVIORS)))
     for f in range(k):
@@ -509,7 +468,7 @@ def train(labels_path: str | Path, out_dir: str | Path, cfg: TrainConfig, seed: 
         "loss": "ova (one sigmoid per behavior, one model)",
         "target": "count > 0",
         "recipe": recipe,
-        "normalization": classifier_texts.__doc__.split(". ", 1)[1].strip(),
+        "normalization": NORMALIZATIONS[recipe["normalization"]],
         "calibration": cv["calibration"],
         "thresholds": thresholds,
         "threshold_rule": "F1-best on the out-of-fold probabilities (F1 in metrics: each fold cut at the other folds' best)",
@@ -523,7 +482,6 @@ def train(labels_path: str | Path, out_dir: str | Path, cfg: TrainConfig, seed: 
         "n_trained_on_evidence_windows": cv["evidence_docs"],
         "training_data": {"path": str(labels_path), "sha256": file_sha256(labels_path)},
         "fasttext": cv["params"],
-        "quantized": cfg.quantize,
         "seed": seed,
         "fingerprint": fingerprint,
     }

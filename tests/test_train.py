@@ -24,6 +24,7 @@ from curate.train import (
     roc_auc,
     train,
 )
+from curate.views import LABEL_PREFIX, classifier_text, classifier_texts, classifier_tokens
 from tests.conftest import BUNDLED_LABELS
 from tests.helpers import run_curate
 
@@ -68,6 +69,45 @@ def test_classifier_beats_a_constant_predictor_on_held_out_documents(held_out):
     for j, b in enumerate(BEHAVIORS):
         # a constant predictor has ROC-AUC 0.5
         assert roc_auc(counts[:, j] > 0, probs[:, j]) > 0.65, b
+
+
+EDGE_TEXTS = ["", "   \n\t ", "x", "Check: x=2, so $\\frac{a}{b}$ works.\nWait -- that's wrong!",
+              "Ünïcödé ＭＡＴＨ\u00a0x\u2003y ∑ ≤ 3", "__label__verification is not a label here", "a\rb\vc\fd\0e"]
+
+
+@pytest.mark.parametrize("normalization, words", [("math", 100), ("math", 7), ("plain", 0)])
+def test_window_probabilities_are_fasttexts_own_arithmetic(held_out, normalization, words):
+    """The numpy window scorer gives, for every window, the logits fastText computes for that
+    window's text as a line (sentence vector x output rows), and fastText's predict agrees up to
+    its 512-step sigmoid table."""
+    folder, _ = held_out
+    _, texts, _, _ = read_labels(folder / "test.parquet")
+    texts = texts[:60] + EDGE_TEXTS
+    classifier = BehaviorClassifier.load(folder / "model" / MODEL_FILE)
+    classifier.recipe = {**classifier.recipe, "normalization": normalization, "window_words": words}
+    probs, owner = classifier.window_probabilities(texts)
+    lines, line_owner = [], []
+    for i, text in enumerate(texts):
+        tokens = classifier_tokens(classifier_texts([text], normalization)[0])
+        chunks = [tokens[k: k + words] for k in range(0, len(tokens), words)] if words and tokens else [tokens]
+        lines += [" ".join(chunk) for chunk in chunks]
+        line_owner += [i] * len(chunks)
+    assert owner.tolist() == line_owner
+    model = classifier.model
+    output = model.get_output_matrix()[[model.get_labels().index(LABEL_PREFIX + b) for b in BEHAVIORS]]
+    logits = np.stack([model.get_sentence_vector(line) for line in lines]) @ output.T
+    np.testing.assert_allclose(np.log(probs / (1 - probs)), logits, atol=1e-4)
+    labels, predicted = model.predict(lines, k=-1, threshold=0.0)
+    fasttext_probs = np.array([[dict(zip(names, p))[LABEL_PREFIX + b] for b in BEHAVIORS]
+                               for names, p in zip(labels, predicted)])
+    np.testing.assert_allclose(probs, fasttext_probs, atol=0.02)
+
+
+def test_math_view_splits_formulas_into_shared_tokens():
+    assert classifier_text("Check: x=12, so $\\frac{a}{B}$", "math").split() == [
+        "check", ":", "x", "=", "00", ",", "so", "$", "\\frac", "{", "a", "}", "{", "b", "}", "$"]
+    assert classifier_text("Ünï\u00a0x  Y\tZ", "plain") == "Ünï\u00a0x Y Z"  # fastText splits on ASCII whitespace only
+    assert LABEL_PREFIX not in classifier_text("__label__none", "plain")
 
 
 def test_length_calibration_is_fitted_and_applied(tmp_path):

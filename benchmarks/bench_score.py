@@ -77,19 +77,20 @@ def _texts(files: list[str]) -> list[str]:
 
 def run_bare(files: list[str], model: str, plain: bool) -> dict:
     """The classifier's predict (what the scorer calls per batch) over texts already in memory, or
-    one plain whole-document fastText predict pass (newlines -> spaces) with the same model."""
-    from curate.schema import normalize_text
+    one plain whole-document fastText predict pass with the same model, in the same batches, each
+    text's whitespace made spaces by the fastest path curate has (`classifier_texts(.., "plain")`)."""
     from curate.score import BehaviorScorer
     from curate.train import BehaviorClassifier
+    from curate.views import classifier_texts
 
     texts = _texts(files)
     classifier = BehaviorClassifier.load(model)
     batch = BehaviorScorer(model, chars_per_token=1.0).batch_size
     t0, c0 = time.perf_counter(), _cpu_s()
-    if plain:
-        classifier.model.predict([normalize_text(t) for t in texts], k=-1, threshold=0.0)
-    else:
-        for i in range(0, len(texts), batch):
+    for i in range(0, len(texts), batch):
+        if plain:
+            classifier.model.predict(classifier_texts(texts[i:i + batch], "plain"), k=-1, threshold=0.0)
+        else:
             classifier.predict(texts[i:i + batch])
     return {"wall_s": time.perf_counter() - t0, "cpu_s": _cpu_s() - c0, "peak_rss_mb": _peak_rss_mb()}
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from curate.config import TrainConfig
 from curate.io import write_json
-from curate.schema import BEHAVIORS, normalize_text
+from curate.schema import BEHAVIORS
 from curate.train import (
     AUC_MARGIN, assign_folds, cross_validate, evaluate, read_evidence, read_labels, text_lengths,
 )
@@ -42,6 +42,7 @@ def scoring_cost(labels: str, model_dir: Path, repeats: int = 5) -> dict:
     """Seconds to score the labeled texts with the full recipe (windows, math normalization,
     aggregation, calibration) vs one plain whole-document fastText pass of the same model."""
     from curate.train import MODEL_FILE, BehaviorClassifier, train
+    from curate.views import classifier_texts
 
     train(labels, model_dir, TrainConfig())
     _, texts, _, _ = read_labels(labels)
@@ -55,7 +56,7 @@ def scoring_cost(labels: str, model_dir: Path, repeats: int = 5) -> dict:
             times.append(time.perf_counter() - start)
         return min(times)
 
-    whole = best_of(lambda: classifier.model.predict([normalize_text(t) for t in texts], k=-1, threshold=0.0))
+    whole = best_of(lambda: classifier.model.predict(classifier_texts(texts, "plain"), k=-1, threshold=0.0))
     recipe = best_of(lambda: classifier.predict(texts))
     return {"documents": len(texts), "whole_document_fasttext_s": round(whole, 4), "recipe_s": round(recipe, 4),
             "ratio": round(recipe / whole, 3)}

@@ -166,6 +166,6 @@ def parse_count_tag(text: str | None) -> tuple[int | None, str | None]:
     tags = _COUNT_TAG.findall(text or "")
     if tags and int(tags[-1]) >= 0:
         return int(tags[-1]), None
-    if (text or "").strip().isdigit():
+    if (text or "").strip().isdecimal():  # isdigit() also accepts "²", which int() rejects
         return int(text.strip()), None
     return None, "unparseable answer: no <count>N</count>"

@@ -74,12 +74,6 @@ def doc_id(url: str | None, text: str) -> str:
     return "sha1:" + hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def normalize_text(text: str) -> str:
-    """The one text normalization used at training and at scoring: newlines and runs of
-    whitespace become single spaces."""
-    return " ".join(text.split())
-
-
 _WORD = re.compile(r"\w+")
 
 

@@ -35,6 +35,12 @@ RECIPES = {  # name -> TrainConfig overrides, in the order they were tried
     "evidence windows 50, noisy-or, math": WINDOWS,
     "evidence windows 50, noisy-or, math, epoch 50": {**WINDOWS, "epoch": 50},
     "evidence windows 100 tokens, noisy-or, math + length calibration (default)": {},
+    "default, epoch 50": {"epoch": 50},
+    "default, epoch 50, lr 0.1": {"epoch": 50, "lr": 0.1},
+    "default, minCount 1": {"min_count": 1},
+    "default, dim 64": {"dim": 64},
+    "default, bucket 400k": {"bucket": 400_000},
+    "default, wordNgrams 3": {"word_ngrams": 3},
 }
 
 

@@ -1,12 +1,12 @@
 """What the behavior classifier reads: text views, their tokens and the scoring windows.
 
-A view is computed on the UTF-8 bytes of a whole batch at once with numpy lookup tables (no
-per-document Python): fastText's whitespace characters become spaces and, for the `math` view,
-ASCII letters are lowercased, digits 1-9 become 0, and LaTeX commands and math/punctuation symbols
-become tokens of their own. Only ASCII bytes are rewritten and only spaces are inserted, so the
-UTF-8 stays valid. Tokens are the runs of non-space bytes, exactly as fastText splits a line, so
-training lines built from `classifier_tokens` and scoring windows from `scoring_windows` give
-fastText the same tokens.
+A view is computed on the UTF-8 bytes of a whole batch at once (`bytes.translate` tables and one
+numpy scatter, no per-document Python): fastText's whitespace characters become spaces and, for the
+`math` view, ASCII letters are lowercased, digits 1-9 become 0, and LaTeX commands and
+math/punctuation symbols become tokens of their own. Only ASCII bytes are rewritten and only spaces
+are inserted, so the UTF-8 stays valid. Tokens are the runs of non-space bytes, exactly as fastText
+splits a line, so training lines built from `classifier_tokens` and the scorer's windows
+(`token_starts`, `window_bounds`) give fastText the same tokens.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ LABEL_PREFIX = "__label__"
 
 def view_bytes(texts: list[str], normalization: str) -> tuple[np.ndarray, np.ndarray]:
     """The views of a batch as one uint8 buffer and the (n + 1) offsets of each view in it."""
-    array = pa.array(texts, type=pa.large_string())
+    try:
+        array = pa.array(texts, type=pa.large_string())
+    except UnicodeEncodeError:  # a lone surrogate (e.g. a JSON "\ud800" escape) has no UTF-8 form
+        array = pa.array([t.encode("utf-8", "replace").decode("utf-8") for t in texts], type=pa.large_string())
     if normalization == "plain":  # fastText would read a word starting with __label__ as a label
         import pyarrow.compute as pc
 

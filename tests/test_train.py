@@ -24,7 +24,7 @@ from curate.train import (
     roc_auc,
     train,
 )
-from curate.views import LABEL_PREFIX, classifier_text, classifier_texts, classifier_tokens
+from curate.views import LABEL_PREFIX, classifier_text, classifier_texts, classifier_tokens, token_starts, window_bounds
 from tests.conftest import BUNDLED_LABELS
 from tests.helpers import run_curate
 
@@ -75,16 +75,11 @@ EDGE_TEXTS = ["", "   \n\t ", "x", "Check: x=2, so $\\frac{a}{b}$ works.\nWait -
               "Ünïcödé ＭＡＴＨ\u00a0x\u2003y ∑ ≤ 3", "__label__verification is not a label here", "a\rb\vc\fd\0e"]
 
 
-@pytest.mark.parametrize("normalization, words", [("math", 100), ("math", 7), ("plain", 0)])
-def test_window_probabilities_are_fasttexts_own_arithmetic(held_out, normalization, words):
+def _assert_window_scores_match_fasttext(classifier: BehaviorClassifier, texts: list[str]) -> None:
     """The numpy window scorer gives, for every window, the logits fastText computes for that
     window's text as a line (sentence vector x output rows), and fastText's predict agrees up to
     its 512-step sigmoid table."""
-    folder, _ = held_out
-    _, texts, _, _ = read_labels(folder / "test.parquet")
-    texts = texts[:60] + EDGE_TEXTS
-    classifier = BehaviorClassifier.load(folder / "model" / MODEL_FILE)
-    classifier.recipe = {**classifier.recipe, "normalization": normalization, "window_words": words}
+    normalization, words = classifier.recipe["normalization"], classifier.recipe["window_words"]
     probs, owner = classifier.window_probabilities(texts)
     lines, line_owner = [], []
     for i, text in enumerate(texts):
@@ -96,11 +91,37 @@ def test_window_probabilities_are_fasttexts_own_arithmetic(held_out, normalizati
     model = classifier.model
     output = model.get_output_matrix()[[model.get_labels().index(LABEL_PREFIX + b) for b in BEHAVIORS]]
     logits = np.stack([model.get_sentence_vector(line) for line in lines]) @ output.T
-    np.testing.assert_allclose(np.log(probs / (1 - probs)), logits, atol=1e-4)
+    data, starts, first_token = token_starts(texts, normalization)
+    ours = classifier.window_logits.logits(data, starts, window_bounds(first_token, words)[0])
+    np.testing.assert_allclose(ours, logits, rtol=1e-4, atol=1e-4)
     labels, predicted = model.predict(lines, k=-1, threshold=0.0)
     fasttext_probs = np.array([[dict(zip(names, p))[LABEL_PREFIX + b] for b in BEHAVIORS]
                                for names, p in zip(labels, predicted)])
     np.testing.assert_allclose(probs, fasttext_probs, atol=0.02)
+
+
+@pytest.mark.parametrize("normalization, words", [("math", 100), ("math", 7), ("plain", 0)])
+def test_window_probabilities_are_fasttexts_own_arithmetic(held_out, normalization, words):
+    folder, _ = held_out
+    _, texts, _, _ = read_labels(folder / "test.parquet")
+    classifier = BehaviorClassifier.load(folder / "model" / MODEL_FILE)
+    classifier.recipe = {**classifier.recipe, "normalization": normalization, "window_words": words}
+    _assert_window_scores_match_fasttext(classifier, texts[:60] + EDGE_TEXTS)
+
+
+@pytest.mark.parametrize("word_ngrams", [1, 3])
+def test_window_scorer_follows_the_models_word_ngrams(tmp_path, word_ngrams):
+    _, texts, counts, _ = read_labels(BUNDLED_LABELS)
+    lines = [fasttext_line(classifier_text(t, "math"), [b for b, c in zip(BEHAVIORS, row) if c])
+             for t, row in zip(texts[:200], counts[:200])]
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    params = dict(epoch=5, lr=0.05, dim=8, wordNgrams=word_ngrams, minCount=1, bucket=5000, loss="ova", thread=1, seed=0)
+    fit_fasttext(str(tmp_path / "train.txt"), params, str(tmp_path / "m.bin"))
+    import fasttext
+
+    recipe = {"normalization": "math", "window_words": 30, "aggregate": "noisy_or", "evidence": True}
+    classifier = BehaviorClassifier(fasttext.load_model(str(tmp_path / "m.bin")), recipe)
+    _assert_window_scores_match_fasttext(classifier, texts[200:230] + EDGE_TEXTS)
 
 
 def test_math_view_splits_formulas_into_shared_tokens():
@@ -108,6 +129,7 @@ def test_math_view_splits_formulas_into_shared_tokens():
         "check", ":", "x", "=", "00", ",", "so", "$", "\\frac", "{", "a", "}", "{", "b", "}", "$"]
     assert classifier_text("Ünï\u00a0x  Y\tZ", "plain") == "Ünï\u00a0x Y Z"  # fastText splits on ASCII whitespace only
     assert LABEL_PREFIX not in classifier_text("__label__none", "plain")
+    assert classifier_text("a\ud800b", "plain") == "a?b"  # a lone surrogate (JSON escape) is replaced, not fatal
 
 
 def test_length_calibration_is_fitted_and_applied(tmp_path):

@@ -158,7 +158,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-z))
+    return np.exp(-np.logaddexp(0, -z))  # 1 / (1 + e^-z) without overflow for very negative z
 
 
 def text_lengths(texts: list[str]) -> np.ndarray:

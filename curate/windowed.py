@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 EOS = "</s>"
 NGRAM_MULTIPLIER = np.uint64(116049371)
-CACHE_LIMIT = 2_000_000  # distinct tokens remembered between batches
+CACHE_LIMIT = 500_000  # distinct tokens remembered between batches (~60 MB at most)
 
 
 def fnv1a(token: str) -> int:
@@ -50,7 +50,7 @@ class WindowLogits:
         input_matrix = model.get_input_matrix()
         self.bucket = input_matrix.shape[0] - self.n_words
         output = model.get_output_matrix()[[model.get_labels().index(label) for label in labels]]
-        table = input_matrix.astype(np.float64) @ output.astype(np.float64).T
+        table = (input_matrix @ output.T).astype(np.float64)  # float32 products: no float64 copy of the matrix
         self.rows = np.vstack([table, np.zeros((1, len(labels)))])  # last row: nothing (a word not in the vocabulary)
         self.nothing = len(self.rows) - 1
         self.word_ids = {w: i for i, w in enumerate(words)}

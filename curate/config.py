@@ -33,9 +33,9 @@ class TrainConfig(_Section):
     dim: int = Field(32, ge=1)
     word_ngrams: int = Field(2, ge=1)
     min_count: int = Field(2, ge=1)
-    bucket: int = Field(100_000, ge=0)
+    bucket: int = Field(100_000, ge=1, description="hash buckets of the word n-grams")
     cv_folds: int = Field(5, ge=2, description="k of the k-fold cross-validation (by document) behind the card's metrics")
-    normalization: Literal["plain", "math"] = Field("math", description="'math': lowercase, LaTeX commands and "
+    normalization: Literal["plain", "math"] = Field("math", description="'math': ASCII lowercase, LaTeX commands and "
                                                     "math symbols as tokens, digits -> 0; 'plain': whitespace only")
     window_words: int = Field(100, ge=0, description="classifier tokens per scored window (0: whole documents)")
     aggregate: Literal["noisy_or", "max"] = Field("noisy_or", description="document probability from its windows'")

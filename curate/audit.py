@@ -3,6 +3,10 @@
 Input rows are counted independently of the stages (Parquet footers, JSONL lines) and checked
 against what the stages report and what their output files hold:
 
+- sample: rows of the input files = documents the sampler saw + rows dropped by reason (checked
+  when no input file failed); the sample file holds `documents_out` distinct ids, at most `requested`.
+- label: the labels file holds exactly the sampled ids, once each, and labeled + parse failures +
+  request errors = documents.
 - score: rows of the readable input files (plus rows read from files that failed midway) =
   rows the readers saw = attribute rows written + rows dropped by reason; every rank finished.
 - mix: scored rows = documents in the mix + documents dropped by reason, and the mix shards hold
@@ -18,7 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from curate.io import read_json
-from curate.schema import REPEATS
+from curate.schema import ID, REPEATS
 
 
 @dataclass
@@ -89,6 +93,43 @@ def audit_score(scores_dir: Path) -> StageAudit:
     return result
 
 
+def audit_sample(sample_file: Path) -> StageAudit:
+    from curate.sample import stats_path
+
+    result = StageAudit("sample")
+    stats = read_json(stats_path(sample_file))
+    ids = pq.read_table(sample_file, columns=[ID]).column(ID).to_pylist()
+    result.dropped = dict(stats["dropped_rows"])
+    result.counts = {"input_files": len(stats["input_files"]), "failed_files": len(stats["file_errors"]),
+                     "seen": stats["documents_in"], "out": len(ids), "requested": stats["requested"]}
+    if not stats["file_errors"]:  # a file that failed midway was partly read: its row count says nothing
+        rows_in = sum(count_input_rows(f) for f in stats["input_files"])
+        result.check("rows in input files vs seen + dropped", rows_in, stats["documents_in"] + sum(result.dropped.values()))
+    result.check("sample rows vs documents_out", len(ids), stats["documents_out"])
+    result.check("distinct ids vs sample rows", len(set(ids)), len(ids))
+    result.check("sample rows over requested", min(len(ids), stats["requested"]), len(ids))
+    return result
+
+
+def audit_labels(labels_dir: Path, sample_file: Path) -> StageAudit:
+    from curate.label import LABELS_FILE, STATS_FILE
+
+    result = StageAudit("label")
+    stats = read_json(labels_dir / STATS_FILE)
+    labeled = pq.read_table(labels_dir / LABELS_FILE, columns=[ID]).column(ID).to_pylist()
+    sampled = set(pq.read_table(sample_file, columns=[ID]).column(ID).to_pylist()) if sample_file.exists() else None
+    result.counts = {"documents": len(labeled), "labeled": stats["documents_labeled"]}
+    result.dropped = {"parse_failures": stats["parse_failures"], "request_errors": stats["request_errors"]}
+    result.check("label rows vs stats documents", len(labeled), stats["documents"])
+    result.check("distinct ids vs label rows", len(set(labeled)), len(labeled))
+    result.check("documents vs labeled + failed", stats["documents"],
+                 stats["documents_labeled"] + stats["parse_failures"] + stats["request_errors"])
+    if sampled is not None:
+        result.check("sampled ids missing from the labels", len(sampled - set(labeled)), 0)
+        result.check("labeled ids not in the sample", len(set(labeled) - sampled), 0)
+    return result
+
+
 def audit_mix(mix_dir: Path, scored_rows: int) -> StageAudit:
     from curate.mix import SHARD_PREFIX, STATS_FILE
 
@@ -111,12 +152,21 @@ def audit_mix(mix_dir: Path, scored_rows: int) -> StageAudit:
 
 def audit(output_dir: str | Path) -> list[StageAudit]:
     """Audit every stage present in a job's output folder."""
+    from curate.label import STATS_FILE as LABEL_STATS
+    from curate.run import labels_dir, sample_file
+    from curate.sample import stats_path
+
     output_dir = Path(output_dir)
     results = []
+    sample, labels = sample_file(output_dir), labels_dir(output_dir)
+    if stats_path(sample).exists():
+        results.append(audit_sample(sample))
+    if (labels / LABEL_STATS).exists():
+        results.append(audit_labels(labels, sample))
     if (output_dir / "scores" / "_DONE.json").exists():
         results.append(audit_score(output_dir / "scores"))
         if (output_dir / "mix" / "stats.json").exists():
             results.append(audit_mix(output_dir / "mix", results[-1].counts["out"]))
     if not results:
-        raise FileNotFoundError(f"{output_dir}: no finished stage to audit (no scores/_DONE.json)")
+        raise FileNotFoundError(f"{output_dir}: no finished stage to audit (no sample stats, label stats or scores/_DONE.json)")
     return results

@@ -85,25 +85,25 @@ def sample_fingerprint(job: Job, files: list[str]) -> str:
     return fingerprint_of(stamps, job.sample.model_dump(), job.seed)
 
 
-def sample_file(job: Job) -> Path:
-    """The label sample of a job with sample and label sections."""
-    return job.out / "sample" / "sample.parquet"
+def sample_file(output_dir: Path) -> Path:
+    """The label sample in a job's output folder."""
+    return output_dir / "sample" / "sample.parquet"
 
 
-def labels_dir(job: Job) -> Path:
-    """The label stage's output folder (labels file, stats, checkpoints)."""
-    return job.out / "labels"
+def labels_dir(output_dir: Path) -> Path:
+    """The label stage's folder (labels file, stats, checkpoints) in a job's output folder."""
+    return output_dir / "labels"
 
 
 def sample_current(job: Job, files: list[str]) -> bool:
     """Whether the job's sample was drawn from the same inputs and settings."""
-    path = sample_file(job)
+    path = sample_file(job.out)
     return is_current(sample_stage.stats_path(path), sample_fingerprint(job, files)) and path.exists()
 
 
 def label_current(job: Job) -> bool:
     """Whether the job's labels are of the current sample, model and prompt."""
-    sample, out = sample_file(job), labels_dir(job)
+    sample, out = sample_file(job.out), labels_dir(job.out)
     return sample.exists() and (out / label_stage.LABELS_FILE).exists() and is_current(
         out / label_stage.STATS_FILE, label_stage.label_fingerprint(sample, job.label))
 
@@ -111,12 +111,12 @@ def label_current(job: Job) -> bool:
 def use_label_output(job: Job) -> None:
     """Point train at the label stage's labels file, when the job has a sample -> label stage."""
     if job.sample is not None and job.label is not None:
-        job.train.labels = str(labels_dir(job) / label_stage.LABELS_FILE)
+        job.train.labels = str(labels_dir(job.out) / label_stage.LABELS_FILE)
 
 
 def run_sample(job: Job, files: list[str], result: RunResult) -> None:
     """Draw the label sample unless it is current."""
-    sample_path = sample_file(job)
+    sample_path = sample_file(job.out)
     if sample_current(job, files):
         result.skipped["sample"] = f"{sample_path} was drawn from the same inputs and settings"
         return
@@ -128,8 +128,8 @@ def run_sample(job: Job, files: list[str], result: RunResult) -> None:
 
 def run_label(job: Job, result: RunResult) -> None:
     """Label the sample (the label stage skips itself when its labels are current); train reads them."""
-    out = labels_dir(job)
-    stats = label_stage.label(sample_file(job), out, job.label)
+    out = labels_dir(job.out)
+    stats = label_stage.label(sample_file(job.out), out, job.label)
     if stats["skipped"]:
         result.skipped["label"] = f"{out} holds labels of the same sample, model and prompt"
     else:

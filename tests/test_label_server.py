@@ -224,6 +224,12 @@ def test_job_runs_sample_then_label_and_hands_the_labels_to_train(llama_server, 
         assert stages == ["sample", "label"], (result.ran, result.skipped)
     assert job.train.labels == str(tmp_path / "out" / "labels" / LABELS_FILE)
     assert pq.read_table(job.train.labels).num_rows == 2
+    audit = run_curate("audit", tmp_path / "out")  # sample and label stages accounted for
+    assert audit.returncode == 0 and "sample OK" in audit.stdout and "label  OK" in audit.stdout, audit.stdout
+    labels = pq.read_table(job.train.labels)
+    pq.write_table(labels.slice(0, 1), job.train.labels)  # a sampled document lost between the stages
+    audit = run_curate("audit", tmp_path / "out")
+    assert audit.returncode == 1 and "sampled ids missing from the labels: 1 != 0" in audit.stdout, audit.stdout
 
 
 def test_label_job_files_validate():

@@ -199,6 +199,12 @@ def _claim_work_dir(work: Path, fingerprint: str) -> None:
     """Keep the checkpoints of an interrupted run with the same fingerprint; start afresh otherwise."""
     marker = work / "fingerprint"
     if marker.exists() and marker.read_text() == fingerprint:
+        # datatrove rewrites checkpoints/last_chunk/RANK.txt in place: a kill at that instant leaves it
+        # empty and every resume would fail reading it. Without it the rank's chunks are asked again.
+        for chunk_marker in (work / "checkpoints" / "last_chunk").glob("*.txt"):
+            if not chunk_marker.read_text().strip().isdecimal():
+                log.warning("label: %s is unreadable (killed while written); its rank starts over", chunk_marker)
+                chunk_marker.unlink()
         return
     if work.exists():
         log.warning("label: %s holds work for other settings; starting afresh", work)

@@ -247,3 +247,17 @@ def test_label_job_files_validate():
         tmp = Path(tempfile.mkdtemp()) / "bad.yaml"
         tmp.write_text(yaml.safe_dump(raw))
         load_job(tmp)
+
+
+def test_a_chunk_marker_emptied_by_a_kill_does_not_block_resuming(tmp_path):
+    """datatrove rewrites last_chunk/RANK.txt in place; a kill at that instant leaves it empty."""
+    from curate.label import _claim_work_dir
+
+    work = tmp_path / "work"
+    _claim_work_dir(work, "f1")
+    markers = work / "checkpoints" / "last_chunk"
+    markers.mkdir(parents=True)
+    (markers / "00000.txt").write_text("")
+    (markers / "00001.txt").write_text("3")
+    _claim_work_dir(work, "f1")  # same settings: resume
+    assert not (markers / "00000.txt").exists() and (markers / "00001.txt").read_text() == "3"

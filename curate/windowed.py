@@ -49,7 +49,10 @@ class WindowLogits:
         self.n_words = len(words)
         input_matrix = model.get_input_matrix()
         self.bucket = input_matrix.shape[0] - self.n_words
-        output = model.get_output_matrix()[[model.get_labels().index(label) for label in labels]]
+        known = model.get_labels()
+        output = model.get_output_matrix()[[known.index(label) if label in known else 0 for label in labels]]
+        # a label the model never saw (no positive line in its training data) gets logit -inf: probability 0
+        self.unseen = np.array([label not in known for label in labels])
         table = (input_matrix @ output.T).astype(np.float64)  # float32 products: no float64 copy of the matrix
         self.rows = np.vstack([table, np.zeros((1, len(labels)))])  # last row: nothing (a word not in the vocabulary)
         self.nothing = len(self.rows) - 1
@@ -100,5 +103,6 @@ class WindowLogits:
             valid = left[: len(row)] >= n
             per_token[: len(row)] += np.take(self.rows, np.where(valid, row, self.nothing), axis=0)
             inputs[: len(row)] += valid
-        sums = np.add.reduceat(per_token, starts, axis=0)
-        return sums / np.add.reduceat(inputs, starts)[:, None]
+        logits = np.add.reduceat(per_token, starts, axis=0) / np.add.reduceat(inputs, starts)[:, None]
+        logits[:, self.unseen] = -np.inf
+        return logits

@@ -132,6 +132,20 @@ def test_math_view_splits_formulas_into_shared_tokens():
     assert classifier_text("a\ud800b", "plain") == "a?b"  # a lone surrogate (JSON escape) is replaced, not fatal
 
 
+def test_a_behavior_with_one_positive_trains_and_scores(tmp_path):
+    """With one positive document the fold that holds it trains a model that never saw the label:
+    its documents get probability 0 for it, and training goes on."""
+    table = pq.read_table(BUNDLED_LABELS)
+    counts = np.array(table.column("backtracking").to_pylist())
+    keep = np.flatnonzero(counts == 0)[:39].tolist() + [int(np.flatnonzero(counts > 0)[0])]
+    pq.write_table(table.take(sorted(keep)), tmp_path / "one.parquet")
+    card = train(tmp_path / "one.parquet", tmp_path / "model", TrainConfig(**SMALL, cv_folds=2))
+    assert card["metrics"]["backtracking"]["positives"] == 1
+    _, texts, _, _ = read_labels(tmp_path / "one.parquet")
+    probs = BehaviorClassifier.load(tmp_path / "model" / MODEL_FILE).predict(texts)
+    assert np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()
+
+
 def test_length_calibration_is_fitted_and_applied(tmp_path):
     card = train(BUNDLED_LABELS, tmp_path, TrainConfig(**SMALL, calibrate_length=True, cv_folds=3))
     assert set(card["calibration"]) == set(BEHAVIORS) and all(len(w) == 3 for w in card["calibration"].values())

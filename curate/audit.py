@@ -93,12 +93,16 @@ def audit_score(scores_dir: Path) -> StageAudit:
     return result
 
 
+def _ids(path: Path) -> list[str]:
+    return pq.read_table(path, columns=[ID]).column(ID).to_pylist()
+
+
 def audit_sample(sample_file: Path) -> StageAudit:
     from curate.sample import stats_path
 
     result = StageAudit("sample")
     stats = read_json(stats_path(sample_file))
-    ids = pq.read_table(sample_file, columns=[ID]).column(ID).to_pylist()
+    ids = _ids(sample_file)
     result.dropped = dict(stats["dropped_rows"])
     result.counts = {"input_files": len(stats["input_files"]), "failed_files": len(stats["file_errors"]),
                      "seen": stats["documents_in"], "out": len(ids), "requested": stats["requested"]}
@@ -116,8 +120,8 @@ def audit_labels(labels_dir: Path, sample_file: Path) -> StageAudit:
 
     result = StageAudit("label")
     stats = read_json(labels_dir / STATS_FILE)
-    labeled = pq.read_table(labels_dir / LABELS_FILE, columns=[ID]).column(ID).to_pylist()
-    sampled = set(pq.read_table(sample_file, columns=[ID]).column(ID).to_pylist()) if sample_file.exists() else None
+    labeled = _ids(labels_dir / LABELS_FILE)
+    sampled = set(_ids(sample_file)) if sample_file.exists() else None
     result.counts = {"documents": len(labeled), "labeled": stats["documents_labeled"]}
     result.dropped = {"parse_failures": stats["parse_failures"], "request_errors": stats["request_errors"]}
     result.check("label rows vs stats documents", len(labeled), stats["documents"])

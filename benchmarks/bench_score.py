@@ -80,7 +80,7 @@ def run_bare(files: list[str], model: str, plain: bool) -> dict:
     one plain whole-document fastText predict pass with the same model, in the same batches, each
     text's whitespace made spaces by the fastest path curate has (`classifier_texts(.., "plain")`)."""
     from curate.score import BehaviorScorer
-    from curate.train import BehaviorClassifier
+    from curate.classifier import BehaviorClassifier
     from curate.views import classifier_texts
 
     texts = _texts(files)

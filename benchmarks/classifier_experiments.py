@@ -18,9 +18,9 @@ import numpy as np
 from curate.config import TrainConfig
 from curate.io import write_json
 from curate.schema import BEHAVIORS
-from curate.train import (
-    AUC_MARGIN, assign_folds, cross_validate, evaluate, read_evidence, read_labels, text_lengths,
-)
+from curate.classifier import text_lengths
+from curate.labels import read_evidence, read_labels
+from curate.train import AUC_MARGIN, assign_folds, cross_validate, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 WHOLE = dict(window_words=0, evidence=False, normalization="plain", calibrate_length=False)
@@ -47,7 +47,8 @@ RECIPES = {  # name -> TrainConfig overrides, in the order they were tried
 def scoring_cost(labels: str, model_dir: Path, repeats: int = 5) -> dict:
     """Seconds to score the labeled texts with the full recipe (windows, math normalization,
     aggregation, calibration) vs one plain whole-document fastText pass of the same model."""
-    from curate.train import MODEL_FILE, BehaviorClassifier, train
+    from curate.classifier import MODEL_FILE, BehaviorClassifier
+    from curate.train import train
     from curate.views import classifier_texts
 
     train(labels, model_dir, TrainConfig())

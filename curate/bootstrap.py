@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasketch import MinHashLSH
 
-from curate import label as label_stage, score as score_stage, train as train_stage
+from curate import classifier, label as label_stage, score as score_stage, train as train_stage
 from curate.config import Job
 from curate.dedup import signature
 from curate.io import InputError, file_sha256, iter_documents, list_input_files, read_json, write_json, write_parquet
@@ -211,10 +211,10 @@ def bootstrap(job: Job) -> dict:
                 selection_stats = read_json(out / SELECTION_STATS)  # an interrupted round: same picks
             else:
                 log.info("bootstrap round %d: scoring the pool (%d files) with %s", r, len(files), previous)
-                summary = score_stage.score(files, str(previous / train_stage.MODEL_FILE), out / "scores", job.score)
+                summary = score_stage.score(files, str(previous / classifier.MODEL_FILE), out / "scores", job.score)
                 for error in summary["file_errors"]:
                     log.error(error)
-                selection, selection_stats = select(files, out / "scores", read_json(previous / train_stage.CARD_FILE),
+                selection, selection_stats = select(files, out / "scores", read_json(previous / classifier.CARD_FILE),
                                                     labeled, job)
                 if not selection.num_rows:
                     raise ValueError(f"bootstrap round {r}: no unlabeled document left in the pool {files}")

@@ -346,17 +346,13 @@ def label(sample_path: str | Path, out_dir: str | Path, cfg: LabelConfig, finger
     return stats
 
 
-def read_counts(path: str | Path) -> dict[str, dict[str, int | None]]:
-    """id -> {behavior: count or None} of a labels file."""
-    table = pq.read_table(path, columns=[ID, *BEHAVIORS])
-    columns = {c: table[c].to_pylist() for c in (ID, *BEHAVIORS)}
-    return {i: {b: columns[b][k] for b in BEHAVIORS} for k, i in enumerate(columns[ID])}
-
-
 def eval_labels(labels_path: str | Path, reference_path: str | Path) -> dict:
     """Agreement of a labels file with a reference one, per behavior, over the documents in both with
     a count in both: Spearman correlation of counts and F1 of `count > 0` (reference as truth)."""
     from scipy.stats import spearmanr
+
+    from curate.labels import read_counts
+    from curate.metrics import binary_metrics
 
     labels, reference = read_counts(labels_path), read_counts(reference_path)
     common = sorted(set(labels) & set(reference))
@@ -366,12 +362,7 @@ def eval_labels(labels_path: str | Path, reference_path: str | Path) -> dict:
         x = np.array([p[0] for p in pairs], dtype=float)
         y = np.array([p[1] for p in pairs], dtype=float)
         rho = float(spearmanr(x, y).statistic) if len(pairs) > 1 and x.std() > 0 and y.std() > 0 else None
-        tp = int(np.sum((x > 0) & (y > 0)))
-        fp, fn = int(np.sum((x > 0) & (y == 0))), int(np.sum((x == 0) & (y > 0)))
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        result["behaviors"][b] = {"documents": len(pairs), "spearman": rho, "f1": f1, "precision": precision,
-                                  "recall": recall, "positives_labels": int(np.sum(x > 0)),
-                                  "positives_reference": int(np.sum(y > 0))}
+        agreement = binary_metrics(y > 0, x, 0.5)  # a count of 1 or more against the reference's
+        result["behaviors"][b] = {"documents": len(pairs), "spearman": rho, **agreement,
+                                  "positives_labels": int(np.sum(x > 0)), "positives_reference": int(np.sum(y > 0))}
     return result

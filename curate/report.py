@@ -209,7 +209,8 @@ def _roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def classifier_agreement(table, labels_path: str | Path) -> dict:
     """Per behavior: documents in both the scores and the labels (count > 0 = positive), positives,
     ROC-AUC and the ROC curve of the probability against the label."""
-    from curate.train import read_labels, roc_auc
+    from curate.labels import read_labels
+    from curate.metrics import roc_auc
 
     ids, _, counts, _ = read_labels(labels_path)
     row_of = {doc_id: i for i, doc_id in enumerate(table.column("id").to_pylist())}

@@ -18,7 +18,7 @@ from curate.config import Job
 from curate.io import file_sha256, list_input_files, read_json
 from curate import mix as mix_stage
 from curate import filters as filters_stage
-from curate import report, score as score_stage, train as train_stage
+from curate import classifier, report, score as score_stage, train as train_stage
 from curate import label as label_stage, sample as sample_stage
 
 log = logging.getLogger("curate")
@@ -53,7 +53,7 @@ def train_fingerprint(job: Job) -> str:
 def train_current(job: Job) -> bool:
     """Whether the job's classifier was trained on the same labels and settings."""
     out = job.out / "classifier"
-    return is_current(out / train_stage.CARD_FILE, train_fingerprint(job)) and (out / train_stage.MODEL_FILE).exists()
+    return is_current(out / classifier.CARD_FILE, train_fingerprint(job)) and (out / classifier.MODEL_FILE).exists()
 
 
 def filters_fingerprint(job: Job, scores_fingerprint: str) -> str | None:
@@ -150,12 +150,12 @@ def run_labels(job: Job, files: list[str], result: RunResult) -> None:
 def run_train(job: Job, result: RunResult) -> Path:
     out = job.out / "classifier"
     if train_current(job):
-        result.skipped["train"] = f"{out / train_stage.CARD_FILE} was trained on the same labels and settings"
+        result.skipped["train"] = f"{out / classifier.CARD_FILE} was trained on the same labels and settings"
     else:
         card = train_stage.train(job.train.labels, out, job.train, seed=job.seed, fingerprint=train_fingerprint(job))
         result.ran.append("train")
         log.info("train: held-out ROC-AUC %s", {b: m["roc_auc"] for b, m in card["metrics"].items()})
-    return out / train_stage.MODEL_FILE
+    return out / classifier.MODEL_FILE
 
 
 def run_score(job: Job, files: list[str], model: Path, result: RunResult) -> dict:

@@ -132,7 +132,7 @@ class BehaviorScorer(PipelineStep):
             doc.metadata[N_TOKENS] = int(n)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        from curate.train import BehaviorClassifier
+        from curate.classifier import BehaviorClassifier
 
         model = BehaviorClassifier.load(self.model_path)  # the model and the recipe in the card beside it
         tokenizer = None
@@ -181,7 +181,7 @@ class AttributeWriter(ParquetWriter):
 def scores_fingerprint(model_path: str, files: list[str], cfg: ScoreConfig, chars_per_token: float | None) -> str:
     """What the scores depend on: the model bytes and its card's recipe and calibration, the input
     files (path, size, mtime) and token counting."""
-    from curate.train import CARD_FILE
+    from curate.classifier import CARD_FILE
 
     h = hashlib.sha256(file_sha256(model_path).encode())
     card = Path(model_path).parent / CARD_FILE

@@ -19,86 +19,27 @@ halves its learning rate when it diverges anyway.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import multiprocessing
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from curate.classifier import (
+    CARD_FILE, MODEL_FILE, BehaviorClassifier, calibration_features, fit_logistic, sigmoid, text_lengths,
+)
 from curate.config import TrainConfig
-from curate.io import file_sha256, read_json, write_json
-from curate.schema import BEHAVIORS, ID, RAW_RESPONSE, TEXT
-from curate.views import LABEL_PREFIX, NORMALIZATIONS, classifier_text, token_starts, window_bounds
-from curate.windowed import WindowLogits
+from curate.io import file_sha256, write_json
+from curate.labels import LabelsError, read_evidence, read_labels
+from curate.metrics import best_f1_threshold, cross_validated_metrics
+from curate.schema import BEHAVIORS
+from curate.views import LABEL_PREFIX, NORMALIZATIONS, classifier_text
 
 log = logging.getLogger(__name__)
 
 NONE_LABEL = "none"
-MODEL_FILE, CARD_FILE = "model.bin", "card.json"
 AUC_MARGIN = 0.05  # a behavior must beat the length-only scorer by this much ROC-AUC
-
-
-class LabelsError(ValueError):
-    """A labels file that cannot be trained on."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Labels
-
-
-def _integer_counts(path, table, behavior: str) -> np.ndarray:
-    """One count column as an object array of ints and Nones; one-line error naming the first bad row."""
-    values = table.column(behavior).to_pylist()
-    out = np.empty(len(values), dtype=object)
-    for row, v in enumerate(values):
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            out[row] = None
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or float(v) != int(v):
-            raise LabelsError(f"{path}: row {row}: '{behavior}' must be a whole-number count, found {v!r}")
-        if v < 0:
-            raise LabelsError(f"{path}: row {row}: '{behavior}' is a negative count ({v})")
-        out[row] = int(v)
-    return out
-
-
-def _read_table(path: str | Path):
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for unreadable files
-        raise LabelsError(f"{path}: not a readable labels file: {str(e).splitlines()[0]}") from None
-    missing = [c for c in (ID, TEXT, *BEHAVIORS) if c not in table.column_names]
-    if missing:
-        raise LabelsError(f"{path}: labels file lacks column(s) {', '.join(missing)}")
-    counts = np.stack([_integer_counts(path, table, b) for b in BEHAVIORS], axis=1)
-    usable = np.array([all(c is not None for c in row) for row in counts], dtype=bool)
-    return table, counts, np.flatnonzero(usable)
-
-
-def read_labels(path: str | Path) -> tuple[list[str], list[str], np.ndarray, int]:
-    """Ids, texts and an (n, 4) count matrix of the usable rows of a labels file, plus how many
-    rows were skipped because a count was null (unparseable label)."""
-    table, counts, keep = _read_table(path)
-    ids, texts = table.column(ID).to_pylist(), table.column(TEXT).to_pylist()
-    return [ids[i] for i in keep], [texts[i] for i in keep], counts[keep].astype(np.int64), len(counts) - len(keep)
-
-
-def read_evidence(path: str | Path) -> list[dict[str, list[str]]]:
-    """Per usable row of `read_labels`, the labeler's evidence quotes by behavior
-    (`raw_response` = {"evidence": {behavior: [quote, ...]}}); {} where there are none."""
-    table, _, keep = _read_table(path)
-    raw = table.column(RAW_RESPONSE).to_pylist() if RAW_RESPONSE in table.column_names else [None] * len(table)
-    out = []
-    for i in keep:
-        try:
-            evidence = json.loads(raw[i])["evidence"]
-            out.append({b: [q for q in evidence.get(b, []) if isinstance(q, str) and q.strip()] for b in BEHAVIORS})
-        except (TypeError, ValueError, KeyError, AttributeError):
-            out.append({})
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,94 +87,6 @@ def training_lines(text: str, positive: np.ndarray, evidence: dict, recipe: dict
     # each quote is also a line of its own: the cleanest positive example of its behavior
     lines += [fasttext_line(q, [b]) for b, q in quotes]
     return lines, True
-
-
-# ---------------------------------------------------------------------------------------------
-# The classifier: fastText model + recipe (+ length calibration)
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0, -z))  # 1 / (1 + e^-z) without overflow for very negative z
-
-
-def text_lengths(texts: list[str]) -> np.ndarray:
-    """Characters per document: the length feature of the calibration and the length-only scorer."""
-    return np.fromiter((len(t) for t in texts), dtype=np.float64, count=len(texts))
-
-
-def calibration_features(probs: np.ndarray, n_chars: np.ndarray) -> np.ndarray:
-    """[logit(p), log(characters)] per document, for one behavior's probabilities."""
-    return np.column_stack([_logit(probs), np.log(np.maximum(n_chars, 1))])
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iterations: int = 30) -> list[float]:
-    """Logistic regression by Newton's method (L2 on the standardized slopes); returns
-    [intercept, slope per column] on the original scale."""
-    mean, std = x.mean(0), x.std(0) + 1e-9
-    design = np.column_stack([np.ones(len(x)), (x - mean) / std])
-    penalty = np.diag([0.0] + [l2] * x.shape[1])
-    w = np.zeros(design.shape[1])
-    for _ in range(iterations):
-        p = _sigmoid(design @ w)
-        gradient = design.T @ (p - y) + penalty @ w
-        hessian = (design * (p * (1 - p))[:, None]).T @ design + penalty
-        step = np.linalg.solve(hessian, gradient)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    slopes = w[1:] / std
-    return [float(w[0] - slopes @ mean), *map(float, slopes)]
-
-
-class BehaviorClassifier:
-    """A trained classifier: the fastText model, the recipe that made its inputs, and the length
-    calibration. `predict` gives one probability per behavior per document."""
-
-    def __init__(self, model, recipe: dict, calibration: dict | None = None):
-        self.model, self.recipe, self.calibration = model, recipe, calibration
-        self.window_logits = WindowLogits(model, [LABEL_PREFIX + b for b in BEHAVIORS])
-
-    @classmethod
-    def load(cls, model_path: str | Path) -> BehaviorClassifier:
-        """The model file and the recipe/calibration of the card beside it (a model without a
-        card is read as a plain whole-document model)."""
-        import fasttext
-
-        card_path = Path(model_path).parent / CARD_FILE
-        card = read_json(card_path) if card_path.exists() else {}
-        recipe = card.get("recipe", {"normalization": "plain", "window_words": 0, "aggregate": "max"})
-        return cls(fasttext.load_model(str(model_path)), recipe, card.get("calibration"))
-
-    def window_probabilities(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(windows, 4) probabilities of each window of the recipe, and the text index of each window."""
-        data, starts, first_token = token_starts(texts, self.recipe["normalization"])
-        bounds, owner = window_bounds(first_token, self.recipe["window_words"])
-        return _sigmoid(self.window_logits.logits(data, starts, bounds)), owner
-
-    def raw_probabilities(self, texts: list[str]) -> np.ndarray:
-        """(n, 4) window probabilities aggregated per document, before calibration."""
-        probs, owner = self.window_probabilities(texts)
-        out = np.zeros((len(texts), len(BEHAVIORS)))
-        if self.recipe["aggregate"] == "max":
-            np.maximum.at(out, owner, probs)
-            return out
-        np.add.at(out, owner, np.log1p(-np.clip(probs, 0, 1 - 1e-9)))  # noisy-or: 1 - prod(1 - p)
-        return -np.expm1(out)
-
-    def predict(self, texts: list[str]) -> np.ndarray:
-        """(n, 4) float32 probabilities, one column per behavior."""
-        probs = self.raw_probabilities(texts)
-        if self.calibration:
-            n_chars = text_lengths(texts)
-            for j, b in enumerate(BEHAVIORS):
-                w = np.asarray(self.calibration[b])
-                probs[:, j] = _sigmoid(w[0] + calibration_features(probs[:, j], n_chars) @ w[1:])
-        return probs.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,61 +156,6 @@ def fit_fasttext(train_file: str, params: dict, model_path: str) -> dict:
     return fit_in_fresh_processes([(lines, params, recipe, [], model_path)], workers=1)[0][0]
 
 
-# ---------------------------------------------------------------------------------------------
-# Metrics
-
-
-def roc_auc(y: np.ndarray, score: np.ndarray) -> float | None:
-    """ROC-AUC by the rank-sum (Mann-Whitney) formula, ties averaged; None when one class is absent."""
-    y = np.asarray(y, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    score = np.asarray(score, dtype=np.float64)
-    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
-    mean_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based average rank of each distinct score
-    return float((mean_rank[inverse][y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def average_precision(y: np.ndarray, score: np.ndarray) -> float | None:
-    """PR-AUC as average precision (precision at each positive, ranked by score); None without positives."""
-    y = np.asarray(y, dtype=bool)
-    if not y.any():
-        return None
-    ranked = y[np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")]
-    precision_at = np.cumsum(ranked) / np.arange(1, len(ranked) + 1)
-    return float(precision_at[ranked].mean())
-
-
-def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float | np.ndarray) -> dict:
-    """Precision, recall and F1 of `score >= threshold` against boolean `y`."""
-    pred = score >= threshold
-    tp = int((pred & y).sum())
-    precision = tp / int(pred.sum()) if pred.any() else 0.0
-    recall = tp / int(y.sum()) if y.any() else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)}
-
-
-def best_f1_threshold(y: np.ndarray, score: np.ndarray) -> float:
-    """The threshold among the observed scores that maximizes F1 (0.5 when there are no positives)."""
-    if not y.any():
-        return 0.5
-    candidates = np.unique(score)
-    return float(max(candidates, key=lambda t: (binary_metrics(y, score, t)["f1"], -t)))
-
-
-def cross_validated_metrics(y: np.ndarray, score: np.ndarray, fold: np.ndarray) -> dict:
-    """ROC-AUC, PR-AUC, and precision/recall/F1 where each fold is cut at the F1-best threshold of
-    the other folds (so the F1 is not tuned on the documents it is measured on)."""
-    thresholds = np.empty(len(y))
-    for f in np.unique(fold):
-        thresholds[fold == f] = best_f1_threshold(y[fold != f], score[fold != f])
-    auc, ap = roc_auc(y, score), average_precision(y, score)
-    return {"roc_auc": None if auc is None else round(auc, 4), "pr_auc": None if ap is None else round(ap, 4),
-            **binary_metrics(y, score, thresholds)}
-
-
 def assign_folds(ids: list[str], positive: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Fold of each document: documents ordered by their positive-label pattern, then a seeded hash
     of the id, dealt round-robin, so every fold gets a share of each behavior's positives."""
@@ -409,7 +207,7 @@ def cross_validate(texts: list[str], positive: np.ndarray, evidence: list[dict],
             x = calibration_features(oof[:, j], n_chars)
             for f in range(k):
                 w = np.asarray(fit_logistic(x[folds != f], positive[folds != f, j].astype(float)))
-                calibrated[folds == f, j] = _sigmoid(w[0] + x[folds == f] @ w[1:])
+                calibrated[folds == f, j] = sigmoid(w[0] + x[folds == f] @ w[1:])
         out["oof_calibrated"] = calibrated
         out["calibration"] = {b: fit_logistic(calibration_features(oof[:, j], n_chars), positive[:, j].astype(float))
                               for j, b in enumerate(BEHAVIORS)}

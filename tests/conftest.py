@@ -26,7 +26,8 @@ def shared_dir() -> Path:
 def trained_model(tmp_path_factory) -> Path:
     """A real fastText behavior classifier trained on the bundled reference labels."""
     from curate.config import TrainConfig
-    from curate.train import MODEL_FILE, train
+    from curate.classifier import MODEL_FILE
+    from curate.train import train
 
     out = tmp_path_factory.mktemp("classifier")
     train(BUNDLED_LABELS, out, TrainConfig(epoch=10))

@@ -83,7 +83,7 @@ def test_label_endpoint_retries_5xx_writes_labels_and_skips_when_current(llama_s
     assert 0 <= stats["parse_failure_rate"] <= 1 and stats["prompt_tokens_per_document"] > 40
     assert stats["completion_tokens_per_document"] > 0 and stats["this_run"]["requests_per_second"] > 0
 
-    from curate.train import read_labels  # the train stage reads this file as it is
+    from curate.labels import read_labels  # the train stage reads this file as it is
     ids, _texts, counts, *_ = read_labels(out / LABELS_FILE)
     assert len(ids) + stats["parse_failures"] >= 3 and counts.shape[1] == len(BEHAVIORS)
 

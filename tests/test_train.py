@@ -12,18 +12,10 @@ import pytest
 
 from curate.config import TrainConfig
 from curate.schema import BEHAVIORS
-from curate.train import (
-    CARD_FILE,
-    MODEL_FILE,
-    BehaviorClassifier,
-    LabelsError,
-    assign_folds,
-    fasttext_line,
-    fit_fasttext,
-    read_labels,
-    roc_auc,
-    train,
-)
+from curate.classifier import CARD_FILE, MODEL_FILE, BehaviorClassifier
+from curate.labels import LabelsError, read_labels
+from curate.metrics import roc_auc
+from curate.train import assign_folds, fasttext_line, fit_fasttext, train
 from curate.views import LABEL_PREFIX, classifier_text, classifier_texts, classifier_tokens, token_starts, window_bounds
 from tests.conftest import BUNDLED_LABELS
 from tests.helpers import run_curate

@@ -1,0 +1,74 @@
+"""Reading labels files (the labels contract of `curate.schema`): counts, and evidence quotes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from curate.schema import BEHAVIORS, ID, RAW_RESPONSE, TEXT
+
+
+class LabelsError(ValueError):
+    """A labels file that cannot be trained on."""
+
+
+def _integer_counts(path, table, behavior: str) -> np.ndarray:
+    """One count column as an object array of ints and Nones; one-line error naming the first bad row."""
+    values = table.column(behavior).to_pylist()
+    out = np.empty(len(values), dtype=object)
+    for row, v in enumerate(values):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            out[row] = None
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or float(v) != int(v):
+            raise LabelsError(f"{path}: row {row}: '{behavior}' must be a whole-number count, found {v!r}")
+        if v < 0:
+            raise LabelsError(f"{path}: row {row}: '{behavior}' is a negative count ({v})")
+        out[row] = int(v)
+    return out
+
+
+def _read_table(path: str | Path):
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for unreadable files
+        raise LabelsError(f"{path}: not a readable labels file: {str(e).splitlines()[0]}") from None
+    missing = [c for c in (ID, TEXT, *BEHAVIORS) if c not in table.column_names]
+    if missing:
+        raise LabelsError(f"{path}: labels file lacks column(s) {', '.join(missing)}")
+    counts = np.stack([_integer_counts(path, table, b) for b in BEHAVIORS], axis=1)
+    usable = np.array([all(c is not None for c in row) for row in counts], dtype=bool)
+    return table, counts, np.flatnonzero(usable)
+
+
+def read_labels(path: str | Path) -> tuple[list[str], list[str], np.ndarray, int]:
+    """Ids, texts and an (n, 4) count matrix of the usable rows of a labels file, plus how many
+    rows were skipped because a count was null (unparseable label)."""
+    table, counts, keep = _read_table(path)
+    ids, texts = table.column(ID).to_pylist(), table.column(TEXT).to_pylist()
+    return [ids[i] for i in keep], [texts[i] for i in keep], counts[keep].astype(np.int64), len(counts) - len(keep)
+
+
+def read_evidence(path: str | Path) -> list[dict[str, list[str]]]:
+    """Per usable row of `read_labels`, the labeler's evidence quotes by behavior
+    (`raw_response` = {"evidence": {behavior: [quote, ...]}}); {} where there are none."""
+    table, _, keep = _read_table(path)
+    raw = table.column(RAW_RESPONSE).to_pylist() if RAW_RESPONSE in table.column_names else [None] * len(table)
+    out = []
+    for i in keep:
+        try:
+            evidence = json.loads(raw[i])["evidence"]
+            out.append({b: [q for q in evidence.get(b, []) if isinstance(q, str) and q.strip()] for b in BEHAVIORS})
+        except (TypeError, ValueError, KeyError, AttributeError):
+            out.append({})
+    return out
+
+
+def read_counts(path: str | Path) -> dict[str, dict[str, int | None]]:
+    """id -> {behavior: count or None} of a labels file."""
+    table = pq.read_table(path, columns=[ID, *BEHAVIORS])
+    columns = {c: table[c].to_pylist() for c in (ID, *BEHAVIORS)}
+    return {i: {b: columns[b][k] for b in BEHAVIORS} for k, i in enumerate(columns[ID])}

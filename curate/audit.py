@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from curate.io import read_json
+from curate.layout import STATS_FILE, Layout, dataset_files
 from curate.schema import ID, REPEATS
 
 
@@ -70,25 +71,25 @@ def _reader_stats(logs: Path) -> tuple[dict, int]:
     return totals, ranks
 
 
-def audit_score(scores_dir: Path) -> StageAudit:
-    from curate.score import ERRORS_DIR, LOGS_DIR, scored_shards
+def audit_score(layout: Layout) -> StageAudit:
+    """Input rows = rows the readers saw = attribute rows written + dropped by reason; every rank finished."""
+    from curate.score import STAGE, datatrove_logs, file_errors, scored_shards
 
     result = StageAudit("score")
-    done = read_json(scores_dir / "_DONE.json")
-    errors = [json.loads(line) for f in sorted((scores_dir / ERRORS_DIR).glob("*.jsonl"))
-              for line in f.read_text().splitlines()] if (scores_dir / ERRORS_DIR).is_dir() else []
-    failed = {e["path"]: e.get("rows_read", 0) for e in errors}
-    rows_in = sum(count_input_rows(f) for f in done["input_files"] if f not in failed) + sum(failed.values())
-    reader, ranks = _reader_stats(scores_dir / LOGS_DIR)
-    written = parquet_rows(scored_shards(scores_dir))
+    stats = read_json(layout.stats(STAGE))
+    failed = {e["path"]: e.get("rows_read", 0) for e in file_errors(layout)}
+    rows_in = sum(count_input_rows(f) for f in stats["input_files"] if f not in failed) + sum(failed.values())
+    logs = datatrove_logs(layout)
+    reader, ranks = _reader_stats(logs)
+    written = parquet_rows(scored_shards(layout.scores_dir))
     result.dropped = {k.removeprefix("dropped_"): v for k, v in reader.items() if k.startswith("dropped_")}
-    result.counts = {"input_files": len(done["input_files"]), "failed_files": len(failed), "rows_in": rows_in,
+    result.counts = {"input_files": len(stats["input_files"]), "failed_files": len(failed), "rows_in": rows_in,
                      "rows_seen": reader.get("rows_seen", 0), "out": written, "ranks_reported": ranks}
     result.check("rows in input files vs rows the readers saw", rows_in, reader.get("rows_seen", 0))
     result.check("rows seen vs written + dropped", reader.get("rows_seen", 0), written + sum(result.dropped.values()))
     result.check("documents read vs attribute rows written", reader.get("documents_in", 0), written)
-    completions = len(list((scores_dir / LOGS_DIR / "completions").glob("*")))
-    tasks = json.loads((scores_dir / LOGS_DIR / "executor.json").read_text()).get("tasks", completions)
+    completions = len(list((logs / "completions").glob("*")))
+    tasks = json.loads((logs / "executor.json").read_text()).get("tasks", completions)
     result.check("ranks completed vs tasks", completions, tasks)
     return result
 
@@ -97,13 +98,12 @@ def _ids(path: Path) -> list[str]:
     return pq.read_table(path, columns=[ID]).column(ID).to_pylist()
 
 
-def audit_sample(sample_file: Path) -> StageAudit:
-    from curate.sample import stats_path
-
+def audit_sample(layout: Layout) -> StageAudit:
+    """Input rows = seen + dropped by reason (when no file failed); the sample holds distinct ids, as many as stats say."""
     result = StageAudit("sample")
-    stats = read_json(stats_path(sample_file))
-    ids = _ids(sample_file)
-    result.dropped = dict(stats["dropped_rows"])
+    stats = read_json(layout.stats("sample"))
+    ids = _ids(layout.sample_file)
+    result.dropped = dict(stats["dropped"])
     result.counts = {"input_files": len(stats["input_files"]), "failed_files": len(stats["file_errors"]),
                      "seen": stats["documents_in"], "out": len(ids), "requested": stats["requested"]}
     if not stats["file_errors"]:  # a file that failed midway was partly read: its row count says nothing
@@ -115,13 +115,12 @@ def audit_sample(sample_file: Path) -> StageAudit:
     return result
 
 
-def audit_labels(labels_dir: Path, sample_file: Path) -> StageAudit:
-    from curate.label import LABELS_FILE, STATS_FILE
-
+def audit_labels(layout: Layout) -> StageAudit:
+    """Every sampled id labeled exactly once; labeled + parse failures + request errors = documents."""
     result = StageAudit("label")
-    stats = read_json(labels_dir / STATS_FILE)
-    labeled = _ids(labels_dir / LABELS_FILE)
-    sampled = set(_ids(sample_file)) if sample_file.exists() else None
+    stats = read_json(layout.stats("label"))
+    labeled = _ids(layout.labels_file)
+    sampled = set(_ids(layout.sample_file)) if layout.sample_file.exists() else None
     result.counts = {"documents": len(labeled), "labeled": stats["documents_labeled"]}
     result.dropped = {"parse_failures": stats["parse_failures"], "request_errors": stats["request_errors"]}
     result.check("label rows vs stats documents", len(labeled), stats["documents"])
@@ -134,43 +133,22 @@ def audit_labels(labels_dir: Path, sample_file: Path) -> StageAudit:
     return result
 
 
-def audit_mix(mix_dir: Path, scored_rows: int) -> StageAudit:
-    from curate.mix import SHARD_PREFIX, STATS_FILE
-
-    result = StageAudit("mix")
-    stats = read_json(mix_dir / STATS_FILE)
-    shards = sorted(mix_dir.glob(f"{SHARD_PREFIX}*.parquet"))
+def audit_mix(mix_dir: Path, scored_rows: int | None) -> StageAudit:
+    """Scored rows = mix input = out + dropped; the shards hold the documents (or copies) stats say."""
+    result = StageAudit(Path(mix_dir).name)
+    stats = read_json(Path(mix_dir) / STATS_FILE)
+    shards = dataset_files(mix_dir)
     rows = parquet_rows(shards)
     copies = sum(sum(pq.read_table(s, columns=[REPEATS]).column(REPEATS).to_pylist()) for s in shards)
-    result.dropped = dict(stats["docs_dropped"])
-    result.counts = {"in": stats["docs_in"], "out": stats["docs_out"], "copies": stats["copies_out"], "rows": rows}
-    result.check("scored rows vs mix input", scored_rows, stats["docs_in"])
-    result.check("mix input vs out + dropped", stats["docs_in"], stats["docs_out"] + sum(result.dropped.values()))
+    result.dropped = dict(stats["dropped"])
+    result.counts = {"in": stats["documents_in"], "out": stats["documents_out"], "copies": stats["copies_out"],
+                     "rows": rows}
+    if scored_rows is not None:
+        result.check("scored rows vs mix input", scored_rows, stats["documents_in"])
+    result.check("mix input vs out + dropped", stats["documents_in"], stats["documents_out"] + sum(result.dropped.values()))
     if stats["materialized"]:
         result.check("shard rows vs copies", rows, stats["copies_out"])
     else:
-        result.check("shard rows vs documents out", rows, stats["docs_out"])
+        result.check("shard rows vs documents out", rows, stats["documents_out"])
         result.check("repeats in shards vs copies", copies, stats["copies_out"])
     return result
-
-
-def audit(output_dir: str | Path) -> list[StageAudit]:
-    """Audit every stage present in a job's output folder."""
-    from curate.label import STATS_FILE as LABEL_STATS
-    from curate.run import labels_dir, sample_file
-    from curate.sample import stats_path
-
-    output_dir = Path(output_dir)
-    results = []
-    sample, labels = sample_file(output_dir), labels_dir(output_dir)
-    if stats_path(sample).exists():
-        results.append(audit_sample(sample))
-    if (labels / LABEL_STATS).exists():
-        results.append(audit_labels(labels, sample))
-    if (output_dir / "scores" / "_DONE.json").exists():
-        results.append(audit_score(output_dir / "scores"))
-        if (output_dir / "mix" / "stats.json").exists():
-            results.append(audit_mix(output_dir / "mix", results[-1].counts["out"]))
-    if not results:
-        raise FileNotFoundError(f"{output_dir}: no finished stage to audit (no sample stats, label stats or scores/_DONE.json)")
-    return results

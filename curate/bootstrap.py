@@ -10,8 +10,9 @@ Round 0 trains the classifier on the initial labels (`train.labels`). Each round
 4. retrains on the initial labels plus every round's new ones, and records the card's
    cross-validated metrics.
 
-Each round lives in OUT/bootstrap/round-NN/ (scores/, selection.parquet, labels.parquet,
-train_labels.parquet, classifier/, metrics.json); OUT/bootstrap/metrics.json holds all rounds. A
+Each round's folder OUT/bootstrap/round-NN/ is an output folder of its own (`curate.layout`):
+scores/, labels/, classifier/ and logs/ as a job has them, plus selection.parquet,
+train_labels.parquet and metrics.json; OUT/bootstrap/metrics.json holds all rounds. A
 round whose metrics.json carries its fingerprint (chained from the previous round's) is skipped;
 an interrupted round keeps its selection and resumes its labeling from the labeler's checkpoints.
 """
@@ -19,32 +20,31 @@ an interrupted round keeps its selection and resumes its labeling from the label
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasketch import MinHashLSH
 
-from curate import classifier, label as label_stage, score as score_stage, train as train_stage
+from curate import label as label_stage, score as score_stage, train as train_stage
 from curate.config import Job
-from curate.dedup import signature
-from curate.io import InputError, file_sha256, iter_documents, list_input_files, read_json, write_json, write_parquet
-from curate.run import fingerprint_of, is_current
-from curate.schema import SAMPLE_SCHEMA
-from curate.schema import BEHAVIOR_SCORE, BEHAVIORS, ID, LABELS_SCHEMA, PROB_COLUMNS, SCORES_SCHEMA, TEXT
+from curate.dedup import NearDuplicateIndex
+from curate.io import Dropped, file_sha256, iter_readable, list_input_files, read_json, write_json, write_parquet
+from curate.layout import Layout, fingerprint_of, input_stamps, is_current
+from curate.schema import (
+    BEHAVIOR_SCORE, BEHAVIORS, ID, LABELS_SCHEMA, PROB_COLUMNS, SAMPLE_SCHEMA, SCORES_SCHEMA, TEXT,
+)
 
 log = logging.getLogger("curate")
 
 BOOTSTRAP_DIR, METRICS_FILE = "bootstrap", "metrics.json"
 SELECTION_FILE, SELECTION_STATS, TRAIN_LABELS = "selection.parquet", "selection.json", "train_labels.parquet"
 TOP, UNCERTAIN = "top", "uncertain"
-NUM_PERM = 128
 
 
-def round_dir(out: Path, r: int) -> Path:
-    return out / BOOTSTRAP_DIR / f"round-{r:02d}"
+def round_layout(out: Path, r: int) -> Layout:
+    """The output folder of round `r`."""
+    return Layout(out / BOOTSTRAP_DIR / f"round-{r:02d}")
 
 
 def as_labels(table: pa.Table) -> pa.Table:
@@ -52,23 +52,6 @@ def as_labels(table: pa.Table) -> pa.Table:
     columns = [table[c].cast(f.type) if c in table.column_names else pa.nulls(len(table), f.type)
                for c, f in zip(LABELS_SCHEMA.names, LABELS_SCHEMA)]
     return pa.Table.from_arrays(columns, schema=LABELS_SCHEMA)
-
-
-class NearDuplicateIndex:
-    """MinHash LSH of the texts seen so far; `add` refuses a text similar to one already in it."""
-
-    def __init__(self, threshold: float):
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
-
-    def add(self, key: str, text: str) -> bool:
-        """Insert the text unless it is a near-duplicate of one in the index; whether it was inserted."""
-        sig = signature(text, num_perm=NUM_PERM)
-        if sig is None:
-            return True
-        if self.lsh.query(sig):
-            return False
-        self.lsh.insert(key, sig)
-        return True
 
 
 def rankings(ids: list[str], probs: np.ndarray, behavior_score: np.ndarray, thresholds: np.ndarray
@@ -106,13 +89,8 @@ def choose(orders: dict[str, list[str]], quotas: dict[str, int], texts: dict[str
 
 def _pool_documents(files: list[str], wanted: set[str]) -> dict[str, dict]:
     """The pool's documents with the wanted ids (unreadable files were reported by the scoring run)."""
-    docs = {}
-    for path in files:
-        try:
-            docs.update((doc[ID], doc) for doc in iter_documents(path) if isinstance(doc, dict) and doc[ID] in wanted)
-        except InputError:
-            continue
-    return docs
+    return {doc[ID]: doc for _, _, doc in iter_readable(files, on_error=lambda *_: None)
+            if not isinstance(doc, Dropped) and doc[ID] in wanted}
 
 
 def select(files: list[str], scores_dir: Path, card: dict, labeled: pa.Table, job: Job) -> tuple[pa.Table, dict]:
@@ -146,8 +124,8 @@ def select(files: list[str], scores_dir: Path, card: dict, labeled: pa.Table, jo
     return table, stats
 
 
-def _train_round(labels_path: Path, out: Path, job: Job, fingerprint: str) -> dict:
-    return train_stage.train(labels_path, out / "classifier", job.train, seed=job.seed, fingerprint=fingerprint)
+def _train_round(labels_path: Path, layout: Layout, job: Job, fingerprint: str) -> dict:
+    return train_stage.train(labels_path, layout.classifier_dir, job.train, seed=job.seed, fingerprint=fingerprint)
 
 
 def _round_metrics(r: int, fingerprint: str, card: dict, n_labeled: int, new: pa.Table | None, extra: dict) -> dict:
@@ -171,7 +149,7 @@ def _round_metrics(r: int, fingerprint: str, card: dict, n_labeled: int, new: pa
 def bootstrap_fingerprints(job: Job, files: list[str]) -> list[str]:
     """Fingerprint of rounds 0..rounds: round 0 of the initial labels and train settings; each later
     one chains the previous with the pool, the selection, labeler, scoring and train settings."""
-    stamps = [(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    stamps = input_stamps(files)
     labeler = job.label.model_dump(include={"model", "prompt", "max_doc_tokens", "tokenizer", "max_tokens",
                                             "temperature", "structured_output"})
     selection = job.bootstrap.model_dump(exclude={"rounds"})
@@ -193,40 +171,40 @@ def bootstrap(job: Job) -> dict:
     rounds, ran, skipped = [], [], []
     labels_path = Path(job.train.labels)
     for r, fingerprint in enumerate(fingerprints):
-        out = round_dir(job.out, r)
-        metrics_path = out / METRICS_FILE
+        layout = round_layout(job.out, r)
+        metrics_path = layout.root / METRICS_FILE
         if is_current(metrics_path, fingerprint):
             skipped.append(r)
             rounds.append(read_json(metrics_path))
-            labels_path = out / TRAIN_LABELS if r else labels_path
+            labels_path = layout.root / TRAIN_LABELS if r else labels_path
             continue
         if r == 0:
-            card = _train_round(labels_path, out, job, fingerprint)
+            card = _train_round(labels_path, layout, job, fingerprint)
             metrics = _round_metrics(0, fingerprint, card, pq.read_metadata(labels_path).num_rows, None, {})
         else:
-            previous = round_dir(job.out, r - 1) / "classifier"
+            previous = round_layout(job.out, r - 1)
             labeled = as_labels(pq.read_table(labels_path))
-            selection_path = out / SELECTION_FILE
-            if is_current(out / SELECTION_STATS, fingerprint) and selection_path.exists():
-                selection_stats = read_json(out / SELECTION_STATS)  # an interrupted round: same picks
+            selection_path = layout.root / SELECTION_FILE
+            if is_current(layout.root / SELECTION_STATS, fingerprint) and selection_path.exists():
+                selection_stats = read_json(layout.root / SELECTION_STATS)  # an interrupted round: same picks
             else:
-                log.info("bootstrap round %d: scoring the pool (%d files) with %s", r, len(files), previous)
-                summary = score_stage.score(files, str(previous / classifier.MODEL_FILE), out / "scores", job.score)
+                log.info("bootstrap round %d: scoring the pool (%d files) with %s", r, len(files), previous.model_file)
+                summary = score_stage.score(files, previous.model_file, layout, job.score)
                 for error in summary["file_errors"]:
                     log.error(error)
-                selection, selection_stats = select(files, out / "scores", read_json(previous / classifier.CARD_FILE),
+                selection, selection_stats = select(files, layout.scores_dir, read_json(previous.card_file),
                                                     labeled, job)
                 if not selection.num_rows:
                     raise ValueError(f"bootstrap round {r}: no unlabeled document left in the pool {files}")
                 write_parquet(selection, selection_path)
-                write_json({"fingerprint": fingerprint, **selection_stats}, out / SELECTION_STATS)
+                write_json({"fingerprint": fingerprint, **selection_stats}, layout.root / SELECTION_STATS)
             log.info("bootstrap round %d: labeling %s", r, selection_stats["selected"])
-            label_stats = label_stage.label(selection_path, out, job.label)
-            new = as_labels(pq.read_table(out / label_stage.LABELS_FILE))
+            label_stats = label_stage.label(selection_path, layout, job.label)
+            new = as_labels(pq.read_table(layout.labels_file))
             accumulated = pa.concat_tables([labeled, new])
-            write_parquet(accumulated, out / TRAIN_LABELS)
-            labels_path = out / TRAIN_LABELS
-            card = _train_round(labels_path, out, job, fingerprint)
+            write_parquet(accumulated, layout.root / TRAIN_LABELS)
+            labels_path = layout.root / TRAIN_LABELS
+            card = _train_round(labels_path, layout, job, fingerprint)
             extra = {k: selection_stats[k] for k in ("pool_unlabeled", "selected", "near_duplicates_skipped")}
             extra["label_requests"] = label_stats["this_run"]["requests"]
             metrics = _round_metrics(r, fingerprint, card, accumulated.num_rows, new, extra)

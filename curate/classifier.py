@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from curate.io import read_json
+from curate.layout import CARD_FILE, MODEL_FILE
 from curate.schema import BEHAVIORS
 from curate.views import LABEL_PREFIX, token_starts, window_bounds
 from curate.windowed import WindowLogits
 
-MODEL_FILE, CARD_FILE = "model.bin", "card.json"
+__all__ = ["BehaviorClassifier", "CARD_FILE", "MODEL_FILE"]
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

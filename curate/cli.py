@@ -1,4 +1,11 @@
-"""The `curate` command line: parses arguments and calls the stage modules."""
+"""The `curate` command line: parses arguments and calls the stages.
+
+Every stage command writes into an output folder laid out like a job's (`curate.layout`), so
+stages run by hand compose: `curate score ... --out OUT` then `curate mix ... --out OUT` reads
+`OUT/scores`, and `curate report OUT` / `curate audit OUT` work on it. A user error (a missing
+path, a file of the wrong kind, a wrong option) prints one line and exits 2 (`-v` shows the
+traceback); input files that could not be read are named and make the command exit 1.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +14,78 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticUndefined
 
-from curate.config import DedupConfig, JobError, LabelConfig, MixConfig, SampleConfig, ScoreConfig, TrainConfig, load_job
+from curate.config import (
+    DedupConfig, JobError, LabelConfig, MixConfig, SampleConfig, ScoreConfig, SlurmConfig, TrainConfig, load_job,
+)
+from curate.errors import RunStopped
+from curate.layout import Layout
+
+USER_ERRORS = (ValueError, OSError, ValidationError)
+"""Exceptions that mean the command cannot run as asked (JobError, InputError, LabelsError, ... are among them)."""
 
 
-def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
-    """One `--option` per field of a config section, defaulting to the section's default."""
+def _choices(annotation) -> list | None:
+    """The values a Literal field (or Literal | None) allows."""
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    for arg in get_args(annotation):
+        if get_origin(arg) is Literal:
+            return list(get_args(arg))
+    return None
+
+
+def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel], skip: tuple[str, ...] = (),
+                      rename: dict[str, str] | None = None) -> None:
+    """One `--option` per field of a config section, with its description, choices and default
+    (fields in `skip` are left out: the command takes them another way)."""
     for name, info in model.model_fields.items():
-        flag = "--" + name.replace("_", "-")
+        if name in skip:
+            continue
+        flag = "--" + (rename or {}).get(name, name).replace("_", "-")
+        required = info.default is PydanticUndefined and info.default_factory is None
+        default = "required" if required else f"default: {info.get_default(call_default_factory=True)}"
+        help_text = f"{info.description or name.replace('_', ' ')} ({default})"
         if info.annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{info.description or name} (default: {info.default})")
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=name, default=None, help=f"{info.description or name} (default: {info.default})")
+            parser.add_argument(flag, dest=name, default=None, choices=_choices(info.annotation), help=help_text)
 
 
-def model_from_options(model: type[BaseModel], args: argparse.Namespace) -> BaseModel:
+def model_from_options(model: type[BaseModel], args: argparse.Namespace, **fixed) -> BaseModel:
+    """A config section from the command's options (and `fixed` values); a wrong or missing value
+    raises JobError naming the flag."""
     given = {k: getattr(args, k) for k in model.model_fields if getattr(args, k, None) is not None}
-    return model.model_validate(given, strict=False)
+    try:
+        return model.model_validate({**given, **fixed}, strict=False)
+    except ValidationError as e:
+        first = e.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else model.__name__
+        if first["type"] == "missing":
+            raise JobError(f"{flag} is required") from None
+        raise JobError(f"{flag}: {first['msg']} (got {first.get('input')!r})") from None
 
 
-def _exit_status(errors: list[str]) -> int:
-    """Print each error on its own line to stderr; 1 when there were any."""
+def _report_errors(errors: list[str]) -> int:
+    """Print each error on its own line to stderr; exit status 1 when there were any."""
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     return 1 if errors else 0
 
 
+def _inputs(args):
+    from curate.io import list_input_files
+
+    return list_input_files(args.inputs, args.glob)
+
+
 def _cmd_run(args) -> int:
-    from curate.run import run_job
+    from curate.stages import run_job
 
     job = load_job(args.job)
     if args.executor:
@@ -47,123 +95,135 @@ def _cmd_run(args) -> int:
 
         return _print_submitted(submit(job), job.out)
     start = time.monotonic()
-    result = run_job(job)
-    for stage, why in result.skipped.items():
-        print(f"skipped {stage}: {why}")
-    print(f"ran: {', '.join(result.ran) or 'nothing (all stages current)'}; output in {job.out} "
+    results = run_job(job)
+    for result in results:
+        if not result.ran:
+            print(f"skipped {result.stage}: {result.why}")
+    ran = [r.stage for r in results if r.ran]
+    print(f"ran: {', '.join(ran) or 'nothing (all stages current)'}; output in {job.out} "
           f"({time.monotonic() - start:.1f}s)")
-    return _exit_status(result.errors)
+    return _report_errors([e for r in results for e in r.errors])
 
 
 def _print_submitted(submitted: dict[str, str], output_dir) -> int:
     if not submitted:
         print(f"nothing to submit: all stages are current in {output_dir}")
-    for stage, job_id in submitted.items():
-        print(f"submitted {stage}: Slurm job {job_id}")
+    for task, job_id in submitted.items():
+        print(f"submitted {task}: Slurm job {job_id}")
     if submitted:
         print(f"follow it with: curate status {output_dir}")
     return 0
 
 
-def _site_settings(args):
+def _site_settings(args) -> SlurmConfig:
     """The `slurm` section of the job file given with --job (defaults without one)."""
-    from curate.config import SlurmConfig
-
     return load_job(args.job).slurm if args.job else SlurmConfig()
 
 
 def _cmd_status(args) -> int:
-    from curate.cluster import status
+    from curate.cluster import slurm_status
+    from curate.io import read_json
+    from curate.stages import STAGES
 
-    stages = status(args.output_dir)
-    for stage in stages:
-        print(stage.line())
-    return 1 if any(stage.failed for stage in stages) else 0
+    layout = Layout(args.output_dir)
+    if not layout.root.is_dir():
+        raise FileNotFoundError(f"{layout.root}: no such output folder")
+    for stage in STAGES:
+        marker = stage.marker(layout)
+        if marker.exists():
+            stats = read_json(marker)
+            out = stats.get("documents_out", stats.get("n_train"))
+            print(f"{stage.name:8s} finished{f' ({out} documents out)' if out is not None else ''}: {marker}")
+        else:
+            print(f"{stage.name:8s} not finished")
+    tasks = slurm_status(layout)
+    for task in tasks:
+        print(task.line())
+    return 1 if any(task.failed for task in tasks) else 0
 
 
 def _cmd_train(args) -> int:
     from curate.train import train
 
-    card = train(args.labels, args.out, model_from_options(TrainConfig, args), seed=args.seed)
+    layout = Layout(args.out)
+    card = train(args.labels, layout.classifier_dir, model_from_options(TrainConfig, args), seed=args.seed)
     for behavior, m in card["metrics"].items():
         auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
         print(f"{behavior:18s} ROC-AUC {auc}  P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}")
-    print(f"model and card in {args.out}")
+    print(f"model and card in {layout.classifier_dir}")
     return 0
 
 
 def _cmd_score(args) -> int:
-    from curate.score import score_files
+    from curate.score import check_model, score
 
+    layout = Layout(args.out)
+    model = Path(args.model) if args.model else layout.model_file
+    check_model(model)
+    cfg = model_from_options(ScoreConfig, args)
     if args.executor == "slurm":
         from curate.cluster import submit_score
-        from curate.io import list_input_files
 
-        return _print_submitted(submit_score(list_input_files(args.inputs, args.glob), args.model, args.out,
-                                             model_from_options(ScoreConfig, args), _site_settings(args)), args.out)
-    summary = score_files(args.inputs, args.glob, args.model, args.out, model_from_options(ScoreConfig, args))
-    print(("skipped: scores are current in " if summary["skipped"] else "scores written to ") + str(args.out))
-    return _exit_status(summary["file_errors"])
+        return _print_submitted(submit_score(_inputs(args), model, layout, cfg, _site_settings(args)), args.out)
+    stats = score(_inputs(args), model, layout, cfg)
+    print(("skipped: scores are current in " if stats["skipped"] else "scores written to ") + str(layout.scores_dir))
+    return _report_errors(stats["file_errors"])
 
 
 def _cmd_mix(args) -> int:
-    from curate.io import list_input_files
+    from curate.filters import current_drops
     from curate.mix import mix
-    from curate.score import scored_shards
 
-    exclude = None
-    if args.filters:
-        from curate.filters import read_drops
-
-        exclude = read_drops(args.filters)
-    stats = mix(list_input_files(args.inputs, args.glob), scored_shards(args.scores), args.out,
-                model_from_options(MixConfig, args), seed=args.seed, exclude=exclude)
-    print(f"{stats['docs_out']} documents, {stats['tokens_out']:,} tokens in {len(stats['shards'])} shards in {args.out}")
-    return _exit_status(stats["input_file_errors"])
+    layout = Layout(args.out)
+    exclude = None if args.no_filters else current_drops(layout)
+    if exclude is not None:
+        print(f"leaving out the {len(exclude)} documents dropped by the filters in {layout.drops_file}")
+    stats = mix(_inputs(args), layout, model_from_options(MixConfig, args), seed=args.seed, exclude=exclude,
+                name=args.name)
+    print(f"{stats['documents_out']} documents, {stats['tokens_out']:,} tokens in {len(stats['shards'])} shards "
+          f"in {layout.mix_dir()} (card: {layout.mix_dir() / 'README.md'})")
+    return _report_errors(stats["input_file_errors"])
 
 
 def _cmd_filter(args) -> int:
     from curate.config import DecontaminationConfig, EvalSetConfig, FiltersConfig
     from curate.filters import run_filters
-    from curate.io import list_input_files
-    from curate.score import scored_shards
 
     eval_sets = [EvalSetConfig(path=path, fields=args.eval_fields.split(","), id_field=args.eval_id_field)
                  for path in args.eval]
     cfg = FiltersConfig(dedup=model_from_options(DedupConfig, args),
                         decontaminate=DecontaminationConfig(ngram=args.ngram, eval_sets=eval_sets))
-    report = run_filters(list_input_files(args.inputs, args.glob), scored_shards(args.scores), args.out, cfg,
-                         tasks=args.tasks, workers=args.workers)
+    layout = Layout(args.out)
+    report = run_filters(_inputs(args), layout, cfg, tasks=args.tasks, workers=args.workers)
     for match in report.get("contamination", {}).get("matches", []):
         print(f"contamination: {match['document']} <- {', '.join(match['items'])}")
     print(f"dropped {report['dropped']['near_duplicate']} near-duplicates and {report['dropped']['contamination']} "
-          f"contaminated documents; decisions in {args.out}")
+          f"contaminated documents; decisions in {layout.drops_file}")
     return 0
 
 
 def _cmd_report(args) -> int:
     from curate.report import write_report
 
-    written = write_report(args.output_dir, name=args.name, labels=args.labels)
-    if written["agreement"] and not written["agreement"]["documents"]:
-        print(f"warning: no document of {args.labels} is among the scored documents; no agreement plot",
-              file=sys.stderr)
-    elif written["agreement"]:
+    written = write_report(Layout(args.output_dir), name=args.name, labels=args.labels)
+    if written["agreement"] and written["agreement"]["documents"]:
         for behavior, m in written["agreement"]["behaviors"].items():
             auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
             print(f"{behavior:18s} ROC-AUC {auc} ({m['positives']} positives of {written['agreement']['documents']})")
-    print(f"report: {written['index']}; card: {written['card']}")
+    for what in written["not_drawn"]:
+        print(f"not drawn: {what}", file=sys.stderr)
+    print(f"report: {written['index']}")
     return 0
 
 
 def _cmd_audit(args) -> int:
-    from curate.audit import audit
+    from curate.stages import audit
 
-    results = audit(args.output_dir)
+    results = audit(Layout(args.output_dir))
     for stage in results:
         dropped = ", ".join(f"{k} {v}" for k, v in stage.dropped.items() if v) or "none"
         counts = ", ".join(f"{k} {v}" for k, v in stage.counts.items())
-        print(f"{stage.stage:6s} {'OK' if not stage.problems else 'MISMATCH'}: {counts}; dropped: {dropped}")
+        print(f"{stage.stage:7s} {'OK' if not stage.problems else 'MISMATCH'}: {counts}; dropped: {dropped}")
         for problem in stage.problems:
             print(f"  {problem}")
     return 1 if any(stage.problems for stage in results) else 0
@@ -172,46 +232,42 @@ def _cmd_audit(args) -> int:
 def _cmd_sample(args) -> int:
     from curate.sample import sample
 
-    stats = sample(args.inputs, args.out, model_from_options(SampleConfig, args), seed=args.seed, glob=args.glob)
+    layout = Layout(args.out)
+    stats = sample(_inputs(args), layout, model_from_options(SampleConfig, args), seed=args.seed)
     print(f"{stats['documents_out']} of {stats['documents_in']} documents ({stats['near_duplicates_skipped']} "
-          f"near-duplicates skipped) in {args.out}")
-    return _exit_status(stats["file_errors"])
+          f"near-duplicates skipped) in {layout.sample_file}")
+    return _report_errors(stats["file_errors"])
 
 
 def _cmd_label(args) -> int:
-    from curate.label import LabelingStopped, label
+    from curate.label import label
 
+    layout = Layout(args.out)
+    sample = Path(args.sample) if args.sample else layout.sample_file
+    if not sample.is_file():
+        raise FileNotFoundError(f"{sample}: no sample to label (give a sample file, or run `curate sample --out {args.out}`)")
+    cfg = model_from_options(LabelConfig, args)
     if args.executor == "slurm":
         from curate.cluster import submit_label
 
-        return _print_submitted(submit_label(args.sample, args.out, model_from_options(LabelConfig, args),
-                                             _site_settings(args)), args.out)
-    try:
-        stats = label(args.sample, args.out, model_from_options(LabelConfig, args))
-    except LabelingStopped as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _print_submitted(submit_label(sample, layout, cfg, _site_settings(args)), args.out)
+    stats = label(sample, layout, cfg)
     if stats["skipped"]:
-        print(f"skipped: labels in {args.out} are current")
+        print(f"skipped: labels in {layout.labels_file} are current")
     run = stats["this_run"]
     print(f"{stats['documents']} documents, {stats['documents_labeled']} fully labeled, parse failures "
           f"{stats['parse_failure_rate']:.1%}, {stats['prompt_tokens_per_document']:.0f} prompt tokens/document; "
-          f"this run {run['documents']} documents in {run['seconds']:.1f}s; labels in {args.out}")
+          f"this run {run['documents']} documents in {run['seconds']:.1f}s; labels in {layout.labels_file}")
     return 0
 
 
 def _cmd_bootstrap(args) -> int:
     from curate.bootstrap import bootstrap, metrics_table
-    from curate.label import LabelingStopped
 
     job = load_job(args.job)
     if job.bootstrap is None:
         raise JobError(f"{args.job}: no 'bootstrap' section")
-    try:
-        result = bootstrap(job)
-    except LabelingStopped as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    result = bootstrap(job)
     if result["skipped"]:
         print(f"skipped rounds {', '.join(map(str, result['skipped']))}: finished with the same settings")
     print(metrics_table(result["rounds"]))
@@ -239,7 +295,7 @@ def _add_executor(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", choices=["local", "slurm"], default="local",
                         help="run here, or submit Slurm jobs and return (follow them with `curate status OUT`)")
     parser.add_argument("--job", default=None, help="with --executor slurm: a job file whose `slurm` section "
-                                                    "holds the site settings (partition, gpus_per_task, ...)")
+                                                    "holds the site settings (partition, per-stage resources, ...)")
 
 
 def _add_inputs(parser: argparse.ArgumentParser, what: str = "Parquet/JSONL files or folders") -> None:
@@ -247,31 +303,41 @@ def _add_inputs(parser: argparse.ArgumentParser, what: str = "Parquet/JSONL file
     parser.add_argument("--glob", default=None, help="glob inside input folders, e.g. '**/*.parquet'")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="curate", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_out(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output folder (laid out like a job's output_dir; "
+                                                     "the stages run by hand share it)")
 
-    p = sub.add_parser("run", help="run a job file (train -> score -> mix), skipping finished stages")
+
+def _add_seed(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="curate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a job file: (sample -> label ->) train -> score -> filters -> mix -> report, "
+                                   "skipping stages whose output is current")
     p.add_argument("job", help="job YAML file, e.g. jobs/dryrun.yaml")
     p.add_argument("--executor", choices=["local", "slurm"], default=None,
                    help="run here, or submit the chain of Slurm array jobs and return (default: the job's `executor`)")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("status", help="per-stage progress of the Slurm jobs of an output folder, and their logs")
-    p.add_argument("output_dir", help="the job's output_dir")
+    p = sub.add_parser("status", help="which stages of an output folder finished, and its Slurm jobs' progress")
+    p.add_argument("output_dir", help="the job's output_dir (or a stage command's --out)")
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("sample", help="a seeded sample of documents to label, near-duplicates removed")
-    _add_inputs(p, "Parquet/JSONL files or folders")
-    p.add_argument("--out", required=True, help="sample Parquet file (stats JSON beside it)")
-    p.add_argument("--seed", type=int, default=0)
+    _add_inputs(p)
+    _add_out(p)
+    _add_seed(p)
     add_model_options(p, SampleConfig)
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("label", help="label a sample with an LLM (datatrove inference: vllm or an endpoint)")
-    p.add_argument("sample", help="sample Parquet file (from `curate sample`)")
-    p.add_argument("--out", required=True, help="output folder for labels.parquet, label_stats.json, checkpoints")
+    p.add_argument("sample", nargs="?", default=None, help="sample Parquet file (default: OUT/sample/sample.parquet)")
+    _add_out(p)
     add_model_options(p, LabelConfig)
     _add_executor(p)
     p.set_defaults(func=_cmd_label)
@@ -282,45 +348,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the agreement as JSON here")
     p.set_defaults(func=_cmd_eval_labels)
 
-    p = sub.add_parser("train", help="distil a labels file into the fastText behavior classifier")
+    p = sub.add_parser("train", help="distil a labels file into the fastText behavior classifier (OUT/classifier)")
     p.add_argument("labels", help="labels Parquet file")
-    p.add_argument("out", help="output folder for model.bin and card.json")
-    p.add_argument("--seed", type=int, default=0)
-    add_model_options(p, TrainConfig)
+    p.add_argument("out", help="output folder (the model and its card go to OUT/classifier/)")
+    _add_seed(p)
+    add_model_options(p, TrainConfig, skip=("labels",))
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("score", help="score input shards with a classifier (datatrove, local or Slurm executor)")
-    _add_inputs(p, "Parquet/JSONL files or folders")
-    p.add_argument("--model", required=True, help="classifier model.bin")
-    p.add_argument("--out", required=True, help="scores folder")
+    _add_inputs(p)
+    _add_out(p)
+    p.add_argument("--model", default=None, help="classifier model.bin (default: OUT/classifier/model.bin)")
     add_model_options(p, ScoreConfig)
     _add_executor(p)
     p.set_defaults(func=_cmd_score)
 
-    p = sub.add_parser("mix", help="make a token-budgeted mix from input shards and their scores")
-    _add_inputs(p, "the Parquet/JSONL files or folders that were scored")
-    p.add_argument("--scores", required=True, help="scores folder")
-    p.add_argument("--out", required=True, help="output folder for shards, stats.json and README.md")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--filters", default=None, help="a filters folder (curate filter): leave its drops out")
+    p = sub.add_parser("mix", help="a token-budgeted mix of the scored inputs (OUT/mix: data/, stats.json, card)")
+    _add_inputs(p, "the Parquet/JSONL files or folders that were scored into OUT/scores")
+    _add_out(p)
+    _add_seed(p)
+    p.add_argument("--name", default=None, help="the mix's name in its card (default: the output folder's name)")
+    p.add_argument("--no-filters", action="store_true",
+                   help="ignore the decisions of `curate filter` in OUT/filters (used when made from these scores)")
     add_model_options(p, MixConfig)
     p.set_defaults(func=_cmd_mix)
 
     p = sub.add_parser("filter", help="decontaminate against evaluation sets and drop near-duplicates (decisions only)")
-    _add_inputs(p, "the Parquet/JSONL files or folders that were scored")
-    p.add_argument("--scores", required=True, help="scores folder (near-duplicates: the best-scoring one is kept)")
-    p.add_argument("--out", required=True, help="output folder for drops.parquet and report.json")
+    _add_inputs(p, "the Parquet/JSONL files or folders that were scored into OUT/scores")
+    _add_out(p)
     p.add_argument("--eval", action="append", default=[], help="evaluation set (Parquet/JSONL), repeatable")
-    p.add_argument("--eval-fields", default="text", help="comma-separated text columns of the evaluation sets")
-    p.add_argument("--eval-id-field", default=None, help="column naming an item (default: row number)")
-    p.add_argument("--ngram", type=int, default=13, help="shared n-gram length that marks contamination")
-    p.add_argument("--tasks", type=int, default=2, help="ranks of the datatrove backend")
-    p.add_argument("--workers", type=int, default=2)
-    add_model_options(p, DedupConfig)
+    p.add_argument("--eval-fields", default="text", help="comma-separated text columns of the evaluation sets "
+                                                         "(default: text)")
+    p.add_argument("--eval-id-field", default=None, help="column naming an item (default: its row number)")
+    p.add_argument("--ngram", type=int, default=13, help="shared n-gram length that marks contamination (default: 13)")
+    p.add_argument("--tasks", type=int, default=2, help="ranks of the datatrove dedup backend (default: 2)")
+    p.add_argument("--workers", type=int, default=2, help="ranks run at once by that backend (default: 2)")
+    add_model_options(p, DedupConfig, rename={"enabled": "dedup"})
     p.set_defaults(func=_cmd_filter)
 
-    p = sub.add_parser("report", help="plots, an HTML page and the dataset card of a job's output folder")
-    p.add_argument("output_dir", help="a job's output_dir")
+    p = sub.add_parser("report", help="plots and an HTML page of an output folder (OUT/report)")
+    p.add_argument("output_dir", help="a job's output_dir (or a stage command's --out)")
     p.add_argument("--labels", default=None, help="labels file: plot the classifier's agreement with it")
     p.add_argument("--name", default=None, help="title (default: the folder's name)")
     p.set_defaults(func=_cmd_report)
@@ -330,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bootstrap)
 
     p = sub.add_parser("audit", help="check that every document is accounted for in every stage of an output folder")
-    p.add_argument("output_dir", help="a job's output_dir")
+    p.add_argument("output_dir", help="a job's output_dir (or a stage command's --out)")
     p.set_defaults(func=_cmd_audit)
     return parser
 
@@ -343,12 +410,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         return args.func(args)
-    except (JobError, ValidationError) as e:
-        print(f"error: {str(e).splitlines()[0] if isinstance(e, JobError) else e}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (*USER_ERRORS, RunStopped) as e:
+        if args.verbose:
+            raise
+        message = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"error: {message}", file=sys.stderr)
+        return 1 if isinstance(e, RunStopped) else 2
 
 
 if __name__ == "__main__":

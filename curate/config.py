@@ -1,20 +1,45 @@
 """Job files: loading and validation.
 
 A job file is YAML with one section per stage. Unknown keys and wrong types are rejected before
-any work starts, with a one-line error naming the file and the key.
+any work starts, with a one-line error naming the file and the key. A job can `extends:` another
+job file (a path relative to it): its sections are merged over the other's, key by key. Paths may
+name environment variables (`$SCRATCH/owm`, `${HOME}/data`); `$CURATE_DATA` is the data bundled
+with curate unless set.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+BUNDLED_DATA = Path(__file__).resolve().parent / "data"
+_VARIABLE = re.compile(r"\$(\w+|\{(\w+)\})")
 
 
 class JobError(ValueError):
     """A job file that cannot be run as written."""
+
+
+def expand_path(value: str) -> str:
+    """`value` with `$NAME` / `${NAME}` replaced by environment variables (`CURATE_DATA`: the
+    bundled data unless set); an unset variable is an error."""
+    def variable(match: re.Match) -> str:
+        name = match.group(2) or match.group(1)
+        if name == "CURATE_DATA":
+            return os.environ.get(name, str(BUNDLED_DATA))
+        if name not in os.environ:
+            raise ValueError(f"environment variable ${name} is not set")
+        return os.environ[name]
+
+    return _VARIABLE.sub(variable, value)
+
+
+PathStr = Annotated[str, AfterValidator(expand_path)]
 
 
 class _Section(BaseModel):
@@ -22,12 +47,12 @@ class _Section(BaseModel):
 
 
 class InputConfig(_Section):
-    paths: list[str] = Field(min_length=1, description="Parquet/JSONL files or folders in the OpenWebMath schema")
+    paths: list[PathStr] = Field(min_length=1, description="Parquet/JSONL files or folders in the OpenWebMath schema")
     glob: str | None = Field(None, description="glob inside folders, e.g. '**/*.parquet'")
 
 
 class TrainConfig(_Section):
-    labels: str | None = Field(None, description="labels file; defaults to the label stage's output")
+    labels: PathStr | None = Field(None, description="labels file; defaults to the label stage's output")
     epoch: int = Field(25, ge=1)
     lr: float = Field(0.2, gt=0)
     dim: int = Field(32, ge=1)
@@ -108,19 +133,39 @@ class BootstrapConfig(_Section):
     per_round: int = Field(100, ge=1, description="documents labeled per round")
     uncertain_fraction: float = Field(0.75, ge=0, le=1, description="share of a round picked by uncertainty "
                                       "(a probability closest to its behavior's threshold); the rest: top behavior_score")
-    pool: list[str] | None = Field(None, description="unlabeled Parquet/JSONL files or folders; default: input.paths")
+    pool: list[PathStr] | None = Field(None, description="unlabeled Parquet/JSONL files or folders; default: input.paths")
     near_dup_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard similarity above which a "
                                       "document is a near-duplicate of a labeled or already picked one")
 
 
+SLURM_TASKS = ("sample", "label", "train", "score", "finish", "rewrite", "export", "dask")
+"""The Slurm jobs of a job's chain (`dask`: the workers of the mix's global pass)."""
+
+
+class SlurmResources(_Section):
+    """What one Slurm task of the chain asks for; unset keys take the `slurm` section's values."""
+
+    partition: str | None = Field(None, description="partition to submit to")
+    time: str | None = Field(None, description="time limit of each task (sbatch --time)")
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem_per_cpu_gb: int | None = Field(None, ge=1)
+    gpus: int | None = Field(None, ge=0, description="GPUs per task")
+    gpu_request: Literal["gpus", "gres"] | None = Field(
+        None, description="how GPUs are asked for: 'gpus' (sbatch --gpus=N) or 'gres' (--gres=gpu:N)")
+    sbatch_args: dict[str, str] | None = Field(None, description="extra sbatch options, added to the section's")
+
+
 class SlurmConfig(_Section):
-    """Site settings for `--executor slurm` (datatrove's SlurmPipelineExecutor, sbatch array jobs)."""
+    """Site settings for `--executor slurm` (datatrove's SlurmPipelineExecutor, sbatch array jobs): the
+    defaults of every task, and per-task overrides under `stages` (e.g. GPUs for `label`)."""
 
     partition: str | None = Field(None, description="partition to submit to; the cluster's default when unset")
     time: str = Field("04:00:00", description="time limit of each array task (sbatch --time)")
     cpus_per_task: int = Field(1, ge=1)
     mem_per_cpu_gb: int = Field(2, ge=1)
-    gpus_per_task: int = Field(0, ge=0, description="GPUs per task (the label stage on GPU nodes)")
+    gpus: int = Field(0, ge=0, description="GPUs per task (set it per stage: stages.label.gpus)")
+    gpu_request: Literal["gpus", "gres"] = Field("gpus", description="how GPUs are asked for: 'gpus' "
+                                                 "(sbatch --gpus=N) or 'gres' (--gres=gpu:N)")
     env_command: str | None = Field(None, description="shell line that activates the Python environment on the nodes, "
                                                        "e.g. 'source /path/to/venv/bin/activate'")
     sbatch_args: dict[str, str] = Field(default_factory=dict, description="extra sbatch options, e.g. {account: proj}")
@@ -128,6 +173,15 @@ class SlurmConfig(_Section):
     max_array_size: int = Field(1001, ge=1, description="the cluster's MaxArraySize")
     dask_workers: int = Field(1, ge=0, description="dask_jobqueue.SLURMCluster workers for the mix's global pass "
                                                   "(0: a dask LocalCluster inside the mix task)")
+    stages: dict[Literal[SLURM_TASKS], SlurmResources] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description=f"per-task overrides; tasks: {', '.join(SLURM_TASKS)}")
+
+    def resources(self, task: str) -> SlurmResources:
+        """The resources of one task: its `stages` entry over the section's defaults."""
+        own = self.stages.get(task, SlurmResources())
+        merged = {k: getattr(own, k) if getattr(own, k) is not None else getattr(self, k)
+                  for k in SlurmResources.model_fields if k != "sbatch_args"}
+        return SlurmResources(**merged, sbatch_args={**self.sbatch_args, **(own.sbatch_args or {})})
 
 
 class DedupConfig(_Section):
@@ -146,7 +200,7 @@ class DedupConfig(_Section):
 class EvalSetConfig(_Section):
     """An evaluation set to keep out of the mix: Parquet/JSONL, one item per row."""
 
-    path: str
+    path: PathStr
     name: str | None = Field(None, description="name in reports; defaults to the file name")
     fields: list[str] = Field(["text"], min_length=1, description="text columns of an item, e.g. [question, answer]")
     id_field: str | None = Field(None, description="column naming an item; default: its row number")
@@ -166,7 +220,7 @@ class FiltersConfig(_Section):
 
 class Job(_Section):
     name: str
-    output_dir: str
+    output_dir: PathStr
     seed: int = 0
     input: InputConfig
     train: TrainConfig = TrainConfig()
@@ -206,9 +260,19 @@ def _format_error(path: str | Path, err: ValidationError) -> str:
     return f"{path}: key '{where}': {first['msg']} (got {first.get('input')!r})"
 
 
-def load_job(path: str | Path) -> Job:
-    """Read and validate a job file; raise JobError with a one-line message when it is wrong."""
-    path = Path(path)
+def merge_sections(base: dict, override: dict) -> dict:
+    """`override` over `base`, mappings merged key by key (lists and values replaced)."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = merge_sections(base[key], value) if isinstance(value, dict) and isinstance(
+            base.get(key), dict) else value
+    return merged
+
+
+def _read_mapping(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A job file's mapping with what it `extends:` merged in."""
+    if path.resolve() in chain:
+        raise JobError(f"{path}: 'extends' loops back to itself ({' -> '.join(map(str, chain))})")
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as e:
@@ -217,6 +281,18 @@ def load_job(path: str | Path) -> Job:
         raise JobError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise JobError(f"{path}: a job file must be a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise JobError(f"{path}: 'extends' must be the path of another job file")
+    return merge_sections(_read_mapping(path.parent / base, (*chain, path.resolve())), raw)
+
+
+def load_job(path: str | Path) -> Job:
+    """Read and validate a job file (and what it extends); raise JobError with a one-line message when it is wrong."""
+    path = Path(path)
+    raw = _read_mapping(path)
     try:
         return Job.model_validate(raw)
     except ValidationError as e:

@@ -61,6 +61,26 @@ def signature(text: str, num_perm: int = 128, shingle_size: int = 5, seed: int =
     return LeanMinHash(minhash)
 
 
+class NearDuplicateIndex:
+    """MinHash LSH of the texts taken so far; `add` refuses a text that is a near-duplicate of one of
+    them (the sample and the bootstrap rounds skip such documents)."""
+
+    def __init__(self, threshold: float, num_perm: int = 128, shingle_size: int = 5):
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.num_perm, self.shingle_size = num_perm, shingle_size
+
+    def add(self, key: str, text: str) -> bool:
+        """Insert the text unless it is a near-duplicate of one in the index; whether it was taken
+        (a text without words is taken and not indexed)."""
+        sig = signature(text, self.num_perm, self.shingle_size)
+        if sig is None:
+            return True
+        if self.lsh.query(sig):
+            return False
+        self.lsh.insert(key, sig)
+        return True
+
+
 class UnionFind:
     """Disjoint sets of ids."""
 

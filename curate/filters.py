@@ -1,8 +1,8 @@
 """The filter stage between score and mix: decontamination, then near-duplicate removal.
 
-Writes its decisions, never a copy of the corpus: `drops.parquet` (id, reason, detail; one row per
-document kept out of the mix) and `report.json` (counts, clusters, which benchmark items matched
-which documents). Reasons: `contamination` (detail: the matched items) and `near_duplicate`
+Writes its decisions, never a copy of the corpus: `OUT/filters/drops.parquet` (id, reason, detail;
+one row per document kept out of the mix) and `OUT/logs/filters/stats.json` (counts, clusters,
+which benchmark items matched which documents). Reasons: `contamination` (detail: the matched items) and `near_duplicate`
 (detail: the id of the cluster member kept). A contaminated document is never the kept member.
 """
 
@@ -16,33 +16,27 @@ import pyarrow.parquet as pq
 
 from curate import decontaminate, dedup
 from curate.config import FiltersConfig
-from curate.io import Dropped, InputError, iter_documents, write_json, write_parquet
-from curate.mix import load_scores
+from curate.io import Dropped, iter_readable, read_json, write_json, write_parquet
+from curate.layout import Layout, recorded_fingerprint
+from curate.readers import OpenWebMathReader
 from curate.schema import BEHAVIOR_SCORE, CONTAMINATION, DETAIL, DROPS_SCHEMA, ID, NEAR_DUPLICATE, REASON, TEXT
+from curate.score import STAGE as SCORE_STAGE, load_scores, scored_shards
 
-DROPS_FILE, REPORT_FILE = "drops.parquet", "report.json"
-DATATROVE_DIR = "minhash"
+STAGE, DATATROVE_DIR = "filters", "minhash"
 
 
 def iter_texts(files: list[str]) -> Iterator[tuple[str, str]]:
     """(id, text) of every readable document, first occurrence of each id only. Unreadable rows and
     files are skipped here: the score stage reports them."""
     seen: set[str] = set()
-    for path in files:
-        try:
-            for doc in iter_documents(path):
-                if not isinstance(doc, Dropped) and doc[ID] not in seen:
-                    seen.add(doc[ID])
-                    yield doc[ID], doc[TEXT]
-        except InputError:
-            continue
+    for _, _, doc in iter_readable(files, on_error=lambda *_: None):
+        if not isinstance(doc, Dropped) and doc[ID] not in seen:
+            seen.add(doc[ID])
+            yield doc[ID], doc[TEXT]
 
 
-def _datatrove_clusters(files: list[str], out_dir: Path, cfg: FiltersConfig, tasks: int, workers: int,
+def _datatrove_clusters(files: list[str], work: Path, cfg: FiltersConfig, tasks: int, workers: int,
                         make_executor) -> list[list[str]]:
-    from curate.score import OpenWebMathReader
-
-    work = out_dir / DATATROVE_DIR
     if work.exists():
         import shutil
 
@@ -54,14 +48,13 @@ def _datatrove_clusters(files: list[str], out_dir: Path, cfg: FiltersConfig, tas
     return dedup.read_clusters(work)
 
 
-def run_filters(files: list[str], score_shards: list[str], out_dir: str | Path, cfg: FiltersConfig,
-                tasks: int = 1, workers: int = 1, fingerprint: str | None = None, make_executor=None) -> dict:
-    """Decide which documents stay out of the mix; write `drops.parquet` and `report.json`; return the report.
+def run_filters(files: list[str], layout: Layout, cfg: FiltersConfig, tasks: int = 1, workers: int = 1,
+                fingerprint: str | None = None, make_executor=None) -> dict:
+    """Decide which documents of the scored input stay out of the mix; write the drops file and the
+    stats (the report); return the report.
 
     `tasks`/`workers`/`make_executor` apply to the datatrove dedup backend (default: local executors)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scores_table = load_scores(score_shards)
+    scores_table = load_scores(scored_shards(layout.scores_dir))
     scores = dict(zip(scores_table.column(ID).to_pylist(), scores_table.column(BEHAVIOR_SCORE).to_pylist()))
     drops: dict[str, tuple[str, str]] = {}
     report: dict = {"documents": len(scores), "dropped": {CONTAMINATION: 0, NEAR_DUPLICATE: 0}}
@@ -76,7 +69,7 @@ def run_filters(files: list[str], score_shards: list[str], out_dir: str | Path, 
 
     if cfg.dedup.enabled:
         if cfg.dedup.backend == "datatrove":
-            clusters = _datatrove_clusters(files, out_dir, cfg, tasks, workers, make_executor)
+            clusters = _datatrove_clusters(files, layout.logs(STAGE) / DATATROVE_DIR, cfg, tasks, workers, make_executor)
         else:
             clusters = dedup.near_duplicate_clusters(iter_texts(files), cfg.dedup, total=len(scores))
         kept_by_dropped = dedup.keep_best(clusters, scores, exclude=set(drops))
@@ -89,13 +82,23 @@ def run_filters(files: list[str], score_shards: list[str], out_dir: str | Path, 
     for reason, _ in drops.values():
         report["dropped"][reason] += 1
     rows = [{ID: doc_id, REASON: reason, DETAIL: detail} for doc_id, (reason, detail) in sorted(drops.items())]
-    write_parquet(pa.Table.from_pylist(rows, schema=DROPS_SCHEMA), out_dir / DROPS_FILE)
+    write_parquet(pa.Table.from_pylist(rows, schema=DROPS_SCHEMA), layout.drops_file)
     report["fingerprint"] = fingerprint
-    write_json(report, out_dir / REPORT_FILE)
+    report["scores_fingerprint"] = recorded_fingerprint(layout.stats(SCORE_STAGE))
+    write_json(report, layout.stats(STAGE))
     return report
 
 
-def read_drops(out_dir: str | Path) -> dict[str, str]:
+def read_drops(layout: Layout) -> dict[str, str]:
     """{id: reason} of the documents a filter run kept out of the mix."""
-    table = pq.read_table(Path(out_dir) / DROPS_FILE, columns=[ID, REASON])
+    table = pq.read_table(layout.drops_file, columns=[ID, REASON])
     return dict(zip(table.column(ID).to_pylist(), table.column(REASON).to_pylist()))
+
+
+def current_drops(layout: Layout) -> dict[str, str] | None:
+    """The filter decisions of an output folder when they were made from its current scores, else None."""
+    stats = layout.stats(STAGE)
+    if not layout.drops_file.exists() or not stats.exists():
+        return None
+    made_from = read_json(stats).get("scores_fingerprint")
+    return read_drops(layout) if made_from and made_from == recorded_fingerprint(layout.stats(SCORE_STAGE)) else None

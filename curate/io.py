@@ -11,11 +11,12 @@ import contextlib
 import glob as globlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import orjson
 import pyarrow as pa
@@ -149,6 +150,23 @@ def iter_documents(path: str) -> Iterator[dict | Dropped]:
     """Documents of one input file in file order, with `Dropped` in place of unusable rows."""
     for row, record in enumerate(iter_rows(path)):
         yield record if isinstance(record, Dropped) else to_document(record, path, row)
+
+
+def iter_readable(files: list[str], on_error: Callable[[str, str, int], None] | None = None
+                  ) -> Iterator[tuple[str, int, dict | Dropped]]:
+    """(path, row, document or `Dropped`) of every file in order. A file that cannot be read, at its
+    start or midway, is passed to `on_error(path, one-line message, rows read)` (default: logged)
+    and the other files go on; the rows read before the error are kept."""
+    for path in files:
+        row = 0
+        try:
+            for row, item in enumerate(iter_documents(path), start=1):
+                yield path, row - 1, item
+        except InputError as e:
+            if on_error is None:
+                logging.getLogger("curate").error(str(e))
+            else:
+                on_error(path, str(e), row)
 
 
 @contextlib.contextmanager

@@ -31,14 +31,16 @@ import pyarrow.parquet as pq
 from datatrove.pipeline.inference.types import InferenceError, ServerError
 
 from curate.config import LabelConfig
+from curate.errors import RunStopped
 from curate.io import read_json, write_json, write_parquet, write_text
+from curate.layout import Layout, is_current
 from curate.progress import Progress
 from curate.prompts import build_requests, parse_count_tag, parse_counts, prompt_version
 from curate.schema import BEHAVIORS, ERROR, ID, LABELER, LABELS_SCHEMA, PROMPT_VERSION, RAW_RESPONSE, TEXT, URL
 
 log = logging.getLogger("curate")
 
-LABELS_FILE, STATS_FILE, WORK_DIR = "labels.parquet", "label_stats.json", "work"
+STAGE, WORK_DIR = "label", "work"
 RESULTS_KEY = "label"
 UNPARSEABLE = "unparseable answer"
 REFUSALS_TO_STOP = 3
@@ -48,7 +50,7 @@ class ServerGone(ServerError):
     """The labeling server stopped answering: stops the task (datatrove re-raises ServerError)."""
 
 
-class LabelingStopped(RuntimeError):
+class LabelingStopped(RunStopped):
     """A labeling run that stopped before the end; its checkpoints stay and a re-run resumes it."""
 
 
@@ -229,7 +231,7 @@ def build_pipeline(shards: list[str], work: Path, cfg: LabelConfig, rollout: Lab
     from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
     from datatrove.pipeline.writers import JsonlWriter
 
-    from curate.score import OpenWebMathReader
+    from curate.readers import OpenWebMathReader
 
     ready_delay_s = 2.0
     inference = InferenceConfig(
@@ -309,18 +311,17 @@ def run_stats(results: list[dict], run_id: str, seconds: float) -> dict:
     }
 
 
-def label(sample_path: str | Path, out_dir: str | Path, cfg: LabelConfig, fingerprint: str | None = None) -> dict:
-    """Label the documents of a sample file; write `labels.parquet` and `label_stats.json` into
-    `out_dir` and return the stats. Re-running an interrupted run resumes it; re-running a finished
+def label(sample_path: str | Path, layout: Layout, cfg: LabelConfig, fingerprint: str | None = None) -> dict:
+    """Label the documents of a sample file; write `layout.labels_file` and the stats
+    (`logs/label/stats.json`; checkpoints in `logs/label/work/`) and return the stats. Re-running an interrupted run resumes it; re-running a finished
     one with the same settings does nothing."""
     from datatrove.executor import LocalPipelineExecutor
 
-    out_dir = Path(out_dir)
     fingerprint = fingerprint or label_fingerprint(sample_path, cfg)
-    stats_path = out_dir / STATS_FILE
-    if (out_dir / LABELS_FILE).exists() and stats_path.exists() and read_json(stats_path).get("fingerprint") == fingerprint:
+    stats_path = layout.stats(STAGE)
+    if layout.labels_file.exists() and is_current(stats_path, fingerprint):
         return {**read_json(stats_path), "skipped": True}
-    work = out_dir / WORK_DIR
+    work = layout.logs(STAGE) / WORK_DIR
     _claim_work_dir(work, fingerprint)
     shards = _shard_sample(sample_path, work, cfg.tasks)
     run_id = uuid.uuid4().hex
@@ -338,7 +339,7 @@ def label(sample_path: str | Path, out_dir: str | Path, cfg: LabelConfig, finger
                                 f"run the same command again to resume") from e
     seconds = time.monotonic() - start
     results = _results(work)
-    write_parquet(_labels_table(results, cfg), out_dir / LABELS_FILE)
+    write_parquet(_labels_table(results, cfg), layout.labels_file)
     stats = {"fingerprint": fingerprint, "labeler": cfg.model, "prompt": cfg.prompt,
              "prompt_version": prompt_version(cfg.prompt), "structured_output": resolved_structured_output(cfg),
              **run_stats(results, run_id, seconds), "skipped": False}

@@ -22,10 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.cluster import DaskCluster
 from curate.config import MixConfig
-from curate.io import Dropped, InputError, atomic_path, iter_documents, write_json
+from curate.executors import DaskCluster
+from curate.io import Dropped, atomic_path, iter_readable, read_json, write_json, write_text
+from curate.layout import DATA_DIR, DATASET_CARD, STATS_FILE, Layout
 from curate.progress import Progress
+from curate.score import STAGE as SCORE_STAGE, load_scores, scored_shards
 from curate.schema import (
     BEHAVIOR_SCORE, ID, MIX_SCHEMA, N_TOKENS, REPEATS, SCORE_COLUMNS, TEXT, URL, WEIGHT,
 )
@@ -33,23 +35,11 @@ from curate.schema import (
 BUDGET_TOLERANCE = 0.001  # the fill stops once within 0.1% below the budget
 MIN_WEIGHT = 1e-9  # weights below this count as zero (keeps the scale finite)
 PROB_BUCKETS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
-STATS_FILE, SHARD_PREFIX = "stats.json", "part-"
+SHARD_PREFIX = "part-"
 
 
 class MixError(ValueError):
     """A mix that cannot be made as configured."""
-
-
-def load_scores(shards: list[str], dask_cluster: DaskCluster | None = None) -> pa.Table:
-    """All attribute rows (id, scores, n_tokens) of the scored shards, read by the workers of a dask
-    cluster (a LocalCluster unless `dask_cluster` says otherwise, e.g. dask-jobqueue on Slurm)."""
-    import dask.dataframe as dd
-
-    if not shards:
-        raise MixError("no scored shards to mix")
-    with (dask_cluster or DaskCluster()).client():
-        frame = dd.read_parquet(shards, columns=[ID, *SCORE_COLUMNS, N_TOKENS]).compute()
-    return pa.Table.from_pandas(frame, preserve_index=False)
 
 
 def seeded_uniform(ids: list[str], seed: int) -> np.ndarray:
@@ -139,16 +129,16 @@ def _bucket_tokens(probs: np.ndarray, tokens: np.ndarray) -> dict:
 
 
 def mix_stats(table: pa.Table, repeats: np.ndarray, cfg: MixConfig, dropped: dict) -> dict:
-    """Docs in/out, tokens per behavior-probability bucket before and after, mean scores."""
+    """Documents in/out, tokens per behavior-probability bucket before and after, mean scores."""
     tokens = table.column(N_TOKENS).to_numpy()
     out_tokens = tokens * repeats
     kept = repeats > 0
     stats = {
         "method": cfg.model_dump(),
-        "docs_in": table.num_rows,
-        "docs_out": int(kept.sum()),
+        "documents_in": table.num_rows,
+        "documents_out": int(kept.sum()),
         "copies_out": int(repeats.sum()),
-        "docs_dropped": dropped,
+        "dropped": dropped,
         "tokens_in": int(tokens.sum()),
         "tokens_out": int(out_tokens.sum()),
         "token_budget": cfg.token_budget,
@@ -199,31 +189,27 @@ def _shuffled_copies(rows_by_shard: list[list[dict]], seed: int):
             yield rows[k]
 
 
-def write_mix(input_files: list[str], selected: dict[str, dict], out_dir: Path, cfg: MixConfig, seed: int) -> dict:
+def write_mix(input_files: list[str], selected: dict[str, dict], data_dir: Path, cfg: MixConfig, seed: int) -> dict:
     """Pass 2: stream the input, join selected documents by id, write shards. Returns counts."""
-    for old in out_dir.glob(f"{SHARD_PREFIX}*.parquet"):
+    for old in data_dir.glob(f"{SHARD_PREFIX}*.parquet"):
         old.unlink()
-    writer = ShardWriter(out_dir, cfg.shard_rows)
+    writer = ShardWriter(data_dir, cfg.shard_rows)
     n_copies = sum(r[REPEATS] for r in selected.values())
     n_shards = max(1, math.ceil(n_copies / cfg.shard_rows))
     buckets: list[list[dict]] = [[] for _ in range(n_shards)] if cfg.materialize else []
     progress = Progress("mix write", total=len(selected))
     file_errors: list[str] = []
-    for path in input_files:
-        try:
-            for doc in iter_documents(path):
-                if isinstance(doc, Dropped) or doc[ID] not in selected:
-                    continue
-                row = {TEXT: doc[TEXT], URL: doc[URL], **selected.pop(doc[ID])}
-                progress.update()
-                if not cfg.materialize:
-                    writer.add(row)
-                    continue
-                for copy in range(row[REPEATS]):
-                    key = seeded_uniform([f"{row[ID]}#{copy}"], seed)[0]
-                    buckets[int(key * n_shards)].append(row)
-        except InputError as e:
-            file_errors.append(str(e))
+    for _, _, doc in iter_readable(input_files, on_error=lambda _, error, __: file_errors.append(error)):
+        if isinstance(doc, Dropped) or doc[ID] not in selected:
+            continue
+        row = {TEXT: doc[TEXT], URL: doc[URL], **selected.pop(doc[ID])}
+        progress.update()
+        if not cfg.materialize:
+            writer.add(row)
+            continue
+        for copy in range(row[REPEATS]):
+            key = seeded_uniform([f"{row[ID]}#{copy}"], seed)[0]
+            buckets[int(key * n_shards)].append(row)
     for row in _shuffled_copies(buckets, seed):
         writer.add(row)
     writer.flush()
@@ -232,16 +218,30 @@ def write_mix(input_files: list[str], selected: dict[str, dict], out_dir: Path, 
             "input_file_errors": file_errors}
 
 
-def mix(input_files: list[str], score_shards: list[str], out_dir: str | Path, cfg: MixConfig, seed: int = 0,
-        fingerprint: str | None = None, dask_cluster: DaskCluster | None = None,
-        exclude: dict[str, str] | None = None) -> dict:
-    """Make the mix: choose copies from the scores, write shards and `stats.json`; return the stats.
+def unscored_inputs(files: list[str], layout: Layout) -> list[str]:
+    """Input files the score stage of `layout` did not score (all of them when it has not run)."""
+    stats_path = layout.stats(SCORE_STAGE)
+    scored = set(read_json(stats_path)["input_files"]) if stats_path.exists() else set()
+    return [f for f in files if f not in scored]
 
+
+def mix(files: list[str], layout: Layout, cfg: MixConfig, seed: int = 0, fingerprint: str | None = None,
+        dask_cluster: DaskCluster | None = None, exclude: dict[str, str] | None = None, name: str | None = None
+        ) -> dict:
+    """Make the mix of `layout` from its scores: choose copies, write `mix/data/` shards, `mix/stats.json`
+    and the dataset card `mix/README.md`; return the stats.
+
+    `files` must be the inputs the score stage scored (text is joined back from them by id).
     `exclude` maps ids to keep out of the mix to a reason (e.g. the filter stage's `near_duplicate`,
-    `contamination`); they take no budget and are counted under `docs_dropped[reason]`."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = load_scores(score_shards, dask_cluster)
+    `contamination`); they take no budget and are counted under `dropped[reason]`."""
+    from curate.card import dataset_card
+
+    unscored = unscored_inputs(files, layout)
+    if unscored:
+        raise MixError(f"{len(unscored)} of {len(files)} input files were not scored in {layout.scores_dir} "
+                       f"(e.g. {unscored[0]}): score them first, or give the inputs that were scored")
+    out_dir = layout.mix_dir()
+    table = load_scores(scored_shards(layout.scores_dir), dask_cluster)
     ids = table.column(ID).to_pylist()
     first = {}
     for i, doc_id in enumerate(ids):
@@ -266,10 +266,11 @@ def mix(input_files: list[str], score_shards: list[str], out_dir: str | Path, cf
         row[ID]: {**row, WEIGHT: float(weights[i]), REPEATS: int(repeats[i])}
         for i, row in zip(chosen, table.select([ID, *SCORE_COLUMNS, N_TOKENS]).take(chosen).to_pylist())
     }
-    written = write_mix(input_files, selected, out_dir, cfg, seed)
+    written = write_mix(files, selected, out_dir / DATA_DIR, cfg, seed)
     stats = mix_stats(table, repeats, cfg, dropped)
     stats.update(written)
     stats["materialized"] = cfg.materialize
     stats["fingerprint"] = fingerprint
     write_json(stats, out_dir / STATS_FILE)
+    write_text(dataset_card(name or layout.root.name, stats, layout), out_dir / DATASET_CARD)
     return stats

@@ -14,25 +14,22 @@ import heapq
 import logging
 import math
 from collections import Counter
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow as pa
 
 from curate.config import SampleConfig
-from curate.io import Dropped, InputError, iter_documents, list_input_files, write_json, write_parquet
+from curate.dedup import NearDuplicateIndex
+from curate.io import Dropped, iter_readable, write_json, write_parquet
+from curate.layout import Layout
 from curate.progress import Progress
 from curate.schema import ID, SAMPLE_SCHEMA, TEXT, URL
 
 log = logging.getLogger("curate")
 
+STAGE = "sample"
 NO_HOST = "(no url)"
 MAX_OVERSAMPLE_ROUNDS = 5
-
-
-def stats_path(out_path: str | Path) -> Path:
-    """Where the sample's stats JSON lives: beside the sample file."""
-    return Path(str(out_path) + ".stats.json")
 
 
 def sample_key(seed: int, document_id: str) -> int:
@@ -69,18 +66,13 @@ class _Reader:
 
     def documents(self, only_files: set[int] | None = None):
         self.file_errors, self.dropped = [], Counter()
-        for index, path in enumerate(self.files):
-            if only_files is not None and index not in only_files:
+        index_of = {path: i for i, path in enumerate(self.files)}
+        files = self.files if only_files is None else [f for i, f in enumerate(self.files) if i in only_files]
+        for path, row, item in iter_readable(files, on_error=lambda _, error, __: self.file_errors.append(error)):
+            if isinstance(item, Dropped):
+                self.dropped[item.reason] += 1
                 continue
-            try:
-                for row, item in enumerate(iter_documents(path)):
-                    if isinstance(item, Dropped):
-                        self.dropped[item.reason] += 1
-                        continue
-                    yield index, row, item
-            except InputError as e:
-                log.error(str(e))
-                self.file_errors.append(str(e))
+            yield index_of[path], row, item
 
 
 def _candidates(reader: _Reader, share: dict[str, int], stratify: bool, seed: int, oversample: float):
@@ -109,10 +101,6 @@ def _candidates(reader: _Reader, share: dict[str, int], stratify: bool, seed: in
 
 def _select(reader: _Reader, chosen: dict, share: dict[str, int], cfg: SampleConfig):
     """Fetch the candidates and take them in key order, skipping near-duplicates of taken ones."""
-    from datasketch import MinHashLSH
-
-    from curate.dedup import signature
-
     docs = []
     files = {f for f, _ in chosen}
     for file_index, row, doc in reader.documents(files):
@@ -120,27 +108,24 @@ def _select(reader: _Reader, chosen: dict, share: dict[str, int], cfg: SampleCon
             stratum, key = chosen[(file_index, row)]
             docs.append((key, stratum, doc))
     docs.sort(key=lambda d: d[0])
-    lsh = MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
+    index = NearDuplicateIndex(cfg.near_dup_threshold, cfg.num_perm, cfg.shingle_words)
     taken, taken_per_stratum, near_duplicates = [], Counter(), 0
     for _key, stratum, doc in docs:
         if taken_per_stratum[stratum] >= share[stratum]:
             continue
-        minhash = signature(doc[TEXT], cfg.num_perm, cfg.shingle_words)  # None: no words to compare
-        if minhash is not None and lsh.query(minhash):
+        if not index.add(doc[ID], doc[TEXT]):
             near_duplicates += 1
             continue
-        if minhash is not None:
-            lsh.insert(doc[ID], minhash)
         taken.append(doc)
         taken_per_stratum[stratum] += 1
     return taken, near_duplicates, taken_per_stratum
 
 
-def sample(paths: list[str], out_path: str | Path, cfg: SampleConfig, seed: int = 0, glob: str | None = None,
-           fingerprint: str | None = None) -> dict:
-    """Write a sample of `cfg.n` documents (Parquet: id, url, text, date, metadata) and its stats JSON
-    beside it; return the stats. Unreadable files and rows are reported in the stats, not fatal."""
-    reader = _Reader(list_input_files(paths, glob))
+def sample(files: list[str], layout: Layout, cfg: SampleConfig, seed: int = 0, fingerprint: str | None = None) -> dict:
+    """Write a sample of `cfg.n` documents (`layout.sample_file`: id, url, text, date, metadata) and
+    its stats (`logs/sample/stats.json`); return the stats. Unreadable files and rows are reported
+    in the stats, not fatal."""
+    reader = _Reader(files)
     stratify = cfg.stratify == "domain"
     if stratify:
         strata = Counter(host(doc[URL]) for _, _, doc in reader.documents())
@@ -156,21 +141,21 @@ def sample(paths: list[str], out_path: str | Path, cfg: SampleConfig, seed: int 
             break
         oversample *= 2
     table = pa.Table.from_pylist([{c: d.get(c) for c in SAMPLE_SCHEMA.names} for d in taken], schema=SAMPLE_SCHEMA)
-    write_parquet(table, out_path)
+    write_parquet(table, layout.sample_file)
     stats = {
         "fingerprint": fingerprint,
-        "input_files": reader.files,
+        "input_files": files,
         "documents_in": sum(strata.values()),
         "documents_out": len(taken),
         "requested": cfg.n,
         "near_duplicates_skipped": near_duplicates,
-        "dropped_rows": dropped,
+        "dropped": dropped,
         "file_errors": file_errors,
         "seed": seed,
         "config": cfg.model_dump(),
         "per_stratum": dict(sorted(per_stratum.items())) if stratify else None,
     }
-    write_json(stats, stats_path(out_path))
+    write_json(stats, layout.stats(STAGE))
     log.info("sample: %d of %d documents (%d near-duplicates skipped) -> %s", len(taken), stats["documents_in"],
-             near_duplicates, out_path)
+             near_duplicates, layout.sample_file)
     return stats

@@ -2,104 +2,29 @@
 
 reader (Parquet/JSONL, OpenWebMath schema) -> BehaviorScorer (annotates, never drops) ->
 AttributeWriter (one attribute row per document: id, probabilities, behavior_score, n_tokens; no
-text). Runs on datatrove's LocalPipelineExecutor; each rank writes `{rank:05d}.parquet`.
+text). Each rank writes `OUT/scores/{rank:05d}.parquet`; datatrove's logs and completions, the
+token settings, the input errors and the stats live in `OUT/logs/score/`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.readers.base import BaseDiskReader
 from datatrove.pipeline.writers.parquet import ParquetWriter
-from datatrove.utils.logging import logger
 
 from curate.config import ScoreConfig
-from curate.io import (
-    Dropped, InputError, file_sha256, iter_documents, list_input_files, metadata_problem, read_json, write_json,
-    write_text,
-)
-from curate.progress import Progress
-from curate.schema import (
-    BEHAVIOR_SCORE,
-    ID,
-    N_TOKENS,
-    PROB_COLUMNS,
-    SCORES_SCHEMA,
-    TEXT,
-    URL,
-)
+from curate.io import Dropped, file_sha256, iter_readable, read_json, write_json
+from curate.layout import CARD_FILE, Layout, claim, input_stamps, is_current
+from curate.readers import OpenWebMathReader
+from curate.schema import BEHAVIOR_SCORE, ID, N_TOKENS, PROB_COLUMNS, SCORE_COLUMNS, SCORES_SCHEMA, TEXT
 
-ERRORS_DIR, LOGS_DIR = "errors", "logs"
-TOKENS_FILE, DONE_FILE, FINGERPRINT_FILE = "tokens.json", "_DONE.json", "fingerprint"
-
-
-def _row_count(path: str) -> int | None:
-    if not path.endswith(".parquet"):
-        return None
-    try:
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is read
-        return None
-
-
-class OpenWebMathReader(BaseDiskReader):
-    """Reads OpenWebMath-schema Parquet and JSONL files through `curate.io`.
-
-    Unusable rows are counted by reason (`dropped_<reason>`) and logged; a file that cannot be
-    read is logged in one line, written to `errors_folder/{rank}.jsonl`, and skipped.
-    """
-
-    name = "📖 OpenWebMath"
-
-    def __init__(self, files: list[str], errors_folder: str, limit: int = -1):
-        super().__init__(data_folder="/", limit=limit)
-        self.files = files
-        self.errors_folder = errors_folder
-
-    def _report_file_error(self, rank: int, path: str, message: str, rows_read: int) -> None:
-        logger.error(message)
-        self.stat_update("failed_files")
-        Path(self.errors_folder).mkdir(parents=True, exist_ok=True)
-        with open(Path(self.errors_folder) / f"{rank:05d}.jsonl", "a") as f:
-            f.write(json.dumps({"rank": rank, "path": path, "error": message, "rows_read": rows_read}) + "\n")
-
-    def read_file(self, filepath: str) -> DocumentsPipeline:  # the base class's per-file hook
-        for row, item in enumerate(iter_documents(filepath)):
-            self.stat_update("rows_seen")
-            if isinstance(item, Dropped):
-                logger.warning(item.message())
-                self.stat_update(f"dropped_{item.reason}")
-                continue
-            if problem := metadata_problem(item):
-                logger.warning(f"{filepath}: row {row}: {problem} (document kept)")
-                self.stat_update("warning_bad_metadata")
-            yield Document(text=item[TEXT], id=item[ID], metadata={URL: item[URL]})
-
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        shard = self.files[rank::world_size]
-        progress = Progress(f"rank {rank} read", total=sum(_row_count(f) or 0 for f in shard) or None, logger=logger)
-        errors_file = Path(self.errors_folder) / f"{rank:05d}.jsonl"
-        if errors_file.exists():  # a relaunched rank reports its own errors afresh
-            errors_file.unlink()
-        for path in shard:
-            self.stat_update("input_files")
-            rows_before = self.stats["rows_seen"].total
-            try:
-                for doc in self.read_file(path):
-                    self.stat_update("documents_in")
-                    progress.update()
-                    yield doc
-            except InputError as e:
-                self._report_file_error(rank, path, str(e), int(self.stats["rows_seen"].total - rows_before))
-        progress.finish()
+STAGE = "score"
+TOKENS_FILE, ERRORS_DIR, DATATROVE_DIR = "tokens.json", "errors", "datatrove"
 
 
 class BehaviorScorer(PipelineStep):
@@ -162,12 +87,13 @@ def _attribute_row(self, document: Document) -> dict:
 
 class AttributeWriter(ParquetWriter):
     """Writes the scores of each rank to `{rank:05d}.parquet` (zstd, fixed schema), first under a
-    temporary name and renamed when the rank finishes, so a killed task leaves no partial shard."""
+    hidden temporary name (which pyarrow, dask and polars skip) and renamed when the rank finishes,
+    so a killed task leaves no partial shard."""
 
     name = "📒 attributes"
 
     def __init__(self, output_folder: str):
-        super().__init__(output_folder, output_filename="${rank}.parquet.tmp", compression="zstd",
+        super().__init__(output_folder, output_filename=".${rank}.parquet.tmp", compression="zstd",
                          adapter=_attribute_row, schema=SCORES_SCHEMA, max_file_size=-1,
                          use_content_defined_chunking=False)
 
@@ -175,39 +101,28 @@ class AttributeWriter(ParquetWriter):
         names = list(self._writers)
         super().close()
         for name in names:
-            self.output_folder.mv(name, name.removesuffix(".tmp"))
+            self.output_folder.mv(name, name.removeprefix(".").removesuffix(".tmp"))
 
 
-def scores_fingerprint(model_path: str, files: list[str], cfg: ScoreConfig, chars_per_token: float | None) -> str:
+def scores_fingerprint(model_path: str | Path, files: list[str], cfg: ScoreConfig, chars_per_token: float | None
+                       ) -> str:
     """What the scores depend on: the model bytes and its card's recipe and calibration, the input
     files (path, size, mtime) and token counting."""
-    from curate.classifier import CARD_FILE
-
-    h = hashlib.sha256(file_sha256(model_path).encode())
     card = Path(model_path).parent / CARD_FILE
-    if card.exists():
-        h.update(json.dumps([read_json(card).get(k) for k in ("recipe", "calibration")]).encode())
-    for path in files:
-        st = os.stat(path)
-        h.update(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(json.dumps([cfg.tokenizer, cfg.token_count, chars_per_token, cfg.tasks]).encode())
-    return h.hexdigest()
+    recipe = [read_json(card).get(k) for k in ("recipe", "calibration")] if card.exists() else None
+    return hashlib.sha256(json.dumps([file_sha256(model_path), recipe, input_stamps(files), cfg.tokenizer,
+                                      cfg.token_count, chars_per_token, cfg.tasks]).encode()).hexdigest()
 
 
 def calibrate(files: list[str], cfg: ScoreConfig) -> dict:
-    """Chars per token of the first `calibration_docs` readable documents, with the real tokenizer."""
+    """Chars per token of the first `calibration_docs` readable documents, with the real tokenizer
+    (files that cannot be read are skipped here: the scoring run reports them)."""
     from curate.tokens import calibrate_chars_per_token, load_tokenizer
 
     texts: list[str] = []
-    for path in files:
-        try:
-            for item in iter_documents(path):
-                if not isinstance(item, Dropped):
-                    texts.append(item[TEXT])
-                if len(texts) >= cfg.calibration_docs:
-                    break
-        except InputError:
-            continue  # reported by the scoring run itself
+    for _, _, item in iter_readable(files, on_error=lambda *_: None):
+        if not isinstance(item, Dropped):
+            texts.append(item[TEXT])
         if len(texts) >= cfg.calibration_docs:
             break
     tokenizer = load_tokenizer(cfg.tokenizer)
@@ -219,15 +134,34 @@ def calibrate(files: list[str], cfg: ScoreConfig) -> dict:
     }
 
 
-def build_pipeline(files: list[str], model_path: str, out_dir: Path, cfg: ScoreConfig, tokens: dict) -> list:
+def build_pipeline(files: list[str], model_path: str | Path, layout: Layout, cfg: ScoreConfig, tokens: dict) -> list:
     """The datatrove pipeline of the score stage."""
     exact = tokens["mode"] == "exact"
     return [
-        OpenWebMathReader(files, errors_folder=str(out_dir / ERRORS_DIR)),
-        BehaviorScorer(model_path, chars_per_token=None if exact else tokens["chars_per_token"],
+        OpenWebMathReader(files, errors_folder=str(layout.logs(STAGE) / ERRORS_DIR)),
+        BehaviorScorer(str(model_path), chars_per_token=None if exact else tokens["chars_per_token"],
                        tokenizer=cfg.tokenizer if exact else None),
-        AttributeWriter(str(out_dir)),
+        AttributeWriter(str(layout.scores_dir)),
     ]
+
+
+FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")  # the first four bytes of a fastText model file
+
+
+def check_model(path: str | Path) -> None:
+    """Raise a one-line error unless `path` is a fastText model file (before any worker loads it)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: cannot read the classifier model ({e.strerror})") from None
+    if head != FASTTEXT_MAGIC:
+        raise ValueError(f"{path}: not a fastText model file (train one with `curate train`)")
+
+
+def datatrove_logs(layout: Layout) -> Path:
+    """datatrove's logging folder of the score stage (completions, per-rank stats and logs)."""
+    return layout.logs(STAGE) / DATATROVE_DIR
 
 
 def scored_shards(scores_dir: str | Path) -> list[str]:
@@ -235,18 +169,16 @@ def scored_shards(scores_dir: str | Path) -> list[str]:
     return sorted(str(p) for p in Path(scores_dir).glob("[0-9]*.parquet"))
 
 
-def file_errors(out_dir: str | Path) -> list[str]:
-    """One-line errors of the input files the scoring run could not read."""
-    folder = Path(out_dir) / ERRORS_DIR
-    if not folder.is_dir():
-        return []
-    return [json.loads(line)["error"] for f in sorted(folder.glob("*.jsonl")) for line in f.read_text().splitlines()]
+def file_errors(layout: Layout) -> list[dict]:
+    """The input files the scoring run could not read: {rank, path, error (one line), rows_read}."""
+    folder = layout.logs(STAGE) / ERRORS_DIR
+    return [json.loads(line) for f in sorted(folder.glob("*.jsonl")) for line in f.read_text().splitlines()]
 
 
-def token_settings(files: list[str], out_dir: Path, cfg: ScoreConfig) -> dict:
+def token_settings(files: list[str], layout: Layout, cfg: ScoreConfig) -> dict:
     """How documents' tokens are counted: exactly, or by the chars-per-token ratio, calibrated once
     and kept in `tokens.json` so that every rank (and every relaunch) uses the same ratio."""
-    tokens_path = out_dir / TOKENS_FILE
+    tokens_path = layout.logs(STAGE) / TOKENS_FILE
     if cfg.token_count == "exact":
         tokens = {"tokenizer": cfg.tokenizer, "mode": "exact"}
     elif tokens_path.exists() and read_json(tokens_path).get("tokenizer") == cfg.tokenizer:
@@ -257,49 +189,67 @@ def token_settings(files: list[str], out_dir: Path, cfg: ScoreConfig) -> dict:
     return tokens
 
 
-def claim_scores(out_dir: Path, fingerprint: str) -> None:
-    """Make `out_dir` hold only work done for `fingerprint`: when the recorded fingerprint differs,
-    forget finished ranks (datatrove completions) and delete shards. An interrupted run with the same
-    settings keeps its finished ranks and resumes; one with other settings starts afresh."""
-    marker = out_dir / LOGS_DIR / FINGERPRINT_FILE
-    if marker.exists() and marker.read_text() == fingerprint:
-        return
-    shutil.rmtree(out_dir / LOGS_DIR / "completions", ignore_errors=True)
-    for old in out_dir.glob("*.parquet"):
-        old.unlink()
-    write_text(fingerprint, marker)
+def claim_scores(layout: Layout, fingerprint: str) -> None:
+    """Make the scores folder hold only work done for `fingerprint` (see `layout.claim`): other
+    settings forget finished ranks and delete shards; the same settings resume."""
+    def clear():
+        shutil.rmtree(datatrove_logs(layout) / "completions", ignore_errors=True)
+        shutil.rmtree(layout.logs(STAGE) / ERRORS_DIR, ignore_errors=True)
+        for old in layout.scores_dir.glob("*.parquet"):
+            old.unlink()
+
+    claim(layout.logs(STAGE), fingerprint, clear)
 
 
-def prepare(files: list[str], model_path: str, out_dir: Path, cfg: ScoreConfig) -> tuple[dict, str, bool]:
+def prepare(files: list[str], model_path: str | Path, layout: Layout, cfg: ScoreConfig) -> tuple[dict, str, bool]:
     """Token settings and fingerprint of a scoring run, and whether it is already done; when it is
-    not, readies `out_dir` for it (see `claim_scores`)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tokens = token_settings(files, out_dir, cfg)
+    not, readies the scores folder for it (see `claim_scores`)."""
+    layout.scores_dir.mkdir(parents=True, exist_ok=True)
+    tokens = token_settings(files, layout, cfg)
     fingerprint = scores_fingerprint(model_path, files, cfg, tokens.get("chars_per_token"))
-    done_path = out_dir / DONE_FILE
-    done = done_path.exists() and read_json(done_path).get("fingerprint") == fingerprint
+    done = is_current(layout.stats(STAGE), fingerprint)
     if not done:
-        claim_scores(out_dir, fingerprint)
+        claim_scores(layout, fingerprint)
     return tokens, fingerprint, done
 
 
-def score(files: list[str], model_path: str, out_dir: str | Path, cfg: ScoreConfig) -> dict:
-    """Run the scoring pipeline locally (ranks already finished, e.g. by Slurm array tasks, are
-    skipped). Returns a summary; a finished identical run is not redone."""
-    from curate.cluster import build_executor
+def summarize(files: list[str], layout: Layout, tokens: dict, fingerprint: str) -> dict:
+    """Record a finished scoring run: `logs/score/stats.json` with the fingerprint, inputs, token
+    settings, documents scored and the input files that could not be read."""
+    import pyarrow.parquet as pq
 
-    out_dir = Path(out_dir)
-    tokens, fingerprint, done = prepare(files, model_path, out_dir, cfg)
+    errors = file_errors(layout)
+    stats = {"fingerprint": fingerprint, "input_files": files, "tokens": tokens,
+             "documents_out": sum(pq.ParquetFile(s).metadata.num_rows for s in scored_shards(layout.scores_dir)),
+             "file_errors": [e["error"] for e in errors]}
+    write_json(stats, layout.stats(STAGE))
+    return stats
+
+
+def score(files: list[str], model_path: str | Path, layout: Layout, cfg: ScoreConfig) -> dict:
+    """Run the scoring pipeline here (ranks already finished, e.g. by Slurm array tasks, are
+    skipped) and return its stats (with `skipped`: True when an identical run had finished)."""
+    from curate.executors import build_executor
+
+    check_model(model_path)
+    tokens, fingerprint, done = prepare(files, model_path, layout, cfg)
     if done:
-        return {**read_json(out_dir / DONE_FILE), "skipped": True}
-    build_executor(build_pipeline(files, model_path, out_dir, cfg, tokens), tasks=cfg.tasks, workers=cfg.workers,
-                   logging_dir=out_dir / LOGS_DIR).run()
-    summary = {"fingerprint": fingerprint, "input_files": files, "tokens": tokens,
-               "file_errors": file_errors(out_dir), "skipped": False}
-    write_json(summary, out_dir / DONE_FILE)
-    return summary
+        return {**read_json(layout.stats(STAGE)), "skipped": True}
+    build_executor(build_pipeline(files, model_path, layout, cfg, tokens), tasks=cfg.tasks, workers=cfg.workers,
+                   logging_dir=datatrove_logs(layout)).run()
+    return {**summarize(files, layout, tokens, fingerprint), "skipped": False}
 
 
-def score_files(input_paths: list[str], glob: str | None, model_path: str, out_dir: str | Path, cfg: ScoreConfig) -> dict:
-    """`curate score`: expand input paths, then `score`."""
-    return score(list_input_files(input_paths, glob), model_path, out_dir, cfg)
+def load_scores(shards: list[str], dask_cluster=None):
+    """All attribute rows (id, scores, n_tokens) of the scored shards, read by the workers of a dask
+    cluster (a LocalCluster unless `dask_cluster` says otherwise, e.g. dask-jobqueue on Slurm)."""
+    import dask.dataframe as dd
+    import pyarrow as pa
+
+    from curate.executors import DaskCluster
+
+    if not shards:
+        raise FileNotFoundError("no scored shards: run the score stage first")
+    with (dask_cluster or DaskCluster()).client():
+        frame = dd.read_parquet(shards, columns=[ID, *SCORE_COLUMNS, N_TOKENS]).compute()
+    return pa.Table.from_pandas(frame, preserve_index=False)

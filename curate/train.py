@@ -30,8 +30,9 @@ from curate.classifier import (
     CARD_FILE, MODEL_FILE, BehaviorClassifier, calibration_features, fit_logistic, sigmoid, text_lengths,
 )
 from curate.config import TrainConfig
-from curate.io import file_sha256, write_json
+from curate.io import file_sha256, write_json, write_parquet
 from curate.labels import LabelsError, read_evidence, read_labels
+from curate.layout import OOF_FILE
 from curate.metrics import best_f1_threshold, cross_validated_metrics
 from curate.schema import BEHAVIORS
 from curate.views import LABEL_PREFIX, NORMALIZATIONS, classifier_text
@@ -244,10 +245,11 @@ def train(labels_path: str | Path, out_dir: str | Path, cfg: TrainConfig, seed: 
     ids, texts, counts, skipped = read_labels(labels_path)
     evidence = read_evidence(labels_path)
     positive = counts > 0
-    too_few = [b for j, b in enumerate(BEHAVIORS) if not 0 < positive[:, j].sum() < len(ids)]
-    if len(ids) < 2 * cfg.cv_folds or too_few:
+    missing = [f"no {'positive' if not positive[:, j].any() else 'negative'} label of {b}"
+               for j, b in enumerate(BEHAVIORS) if positive[:, j].all() or not positive[:, j].any()]
+    if len(ids) < 2 * cfg.cv_folds or missing:
         raise LabelsError(f"{labels_path}: {len(ids)} usable rows are too few for {cfg.cv_folds}-fold "
-                          f"cross-validation{' (no positive or no negative: ' + ', '.join(too_few) + ')' if too_few else ''}")
+                          f"cross-validation{' (' + '; '.join(missing) + ')' if missing else ''}")
     folds = assign_folds(ids, positive, cfg.cv_folds, seed)
     n_chars = text_lengths(texts)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
@@ -255,6 +257,7 @@ def train(labels_path: str | Path, out_dir: str | Path, cfg: TrainConfig, seed: 
         cv = cross_validate(texts, positive, evidence, folds, cfg, final_model_path=str(model_tmp))
         model_tmp.replace(out_dir / MODEL_FILE)
     probs = cv["oof_calibrated"]
+    write_out_of_fold(out_dir / OOF_FILE, ids, positive, probs, n_chars, folds)
     metrics, warnings = evaluate(positive, probs, n_chars, folds)
     for line in warnings:
         log.warning("train: %s", line)
@@ -285,3 +288,17 @@ def train(labels_path: str | Path, out_dir: str | Path, cfg: TrainConfig, seed: 
     }
     write_json(card, out_dir / CARD_FILE)
     return card
+
+
+def write_out_of_fold(path: Path, ids: list[str], positive: np.ndarray, probs: np.ndarray, n_chars: np.ndarray,
+                      folds: np.ndarray) -> None:
+    """The cross-validation's out-of-fold predictions beside the model (`oof.parquet`: id, fold,
+    characters, and per behavior the label and the calibrated probability): the report draws its
+    ROC curves and reliability diagram from them, never from documents a model was trained on."""
+    import pyarrow as pa
+
+    columns = {"id": ids, "fold": folds.astype(np.int32), "n_chars": n_chars.astype(np.int64)}
+    for j, b in enumerate(BEHAVIORS):
+        columns[f"label_{b}"] = positive[:, j]
+        columns[f"p_{b}"] = probs[:, j].astype(np.float32)
+    write_parquet(pa.table(columns), path)

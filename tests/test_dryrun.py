@@ -55,7 +55,7 @@ def test_every_input_document_is_scored_exactly_once(runs):
 
 
 def test_mix_hits_the_token_budget_within_one_percent(runs):
-    rows = read_dir(runs["a"] / "mix")
+    rows = read_dir(runs["a"] / "mix" / "data")
     tokens = sum(r[N_TOKENS] * r[REPEATS] for r in rows)
     assert abs(tokens / BUDGET - 1) <= 0.01, tokens
     assert all(1 <= r[REPEATS] <= 3 for r in rows)
@@ -64,7 +64,7 @@ def test_mix_hits_the_token_budget_within_one_percent(runs):
 def test_mix_shards_share_one_schema_and_load_with_pyarrow_and_dask(runs):
     import dask.dataframe as dd
 
-    shards = sorted((runs["a"] / "mix").glob("part-*.parquet"))
+    shards = sorted((runs["a"] / "mix" / "data").glob("part-*.parquet"))
     assert len(shards) >= 2
     for shard in shards:
         assert pq.read_schema(shard).equals(MIX_SCHEMA, check_metadata=False)
@@ -77,7 +77,7 @@ def test_mix_shards_share_one_schema_and_load_with_pyarrow_and_dask(runs):
 
 
 def test_same_seed_gives_identical_output(runs):
-    a, b = runs["a"] / "mix", runs["b"] / "mix"
+    a, b = runs["a"] / "mix" / "data", runs["b"] / "mix" / "data"
     names = sorted(p.name for p in a.glob("part-*.parquet"))
     assert names == sorted(p.name for p in b.glob("part-*.parquet"))
     for name in names:
@@ -87,7 +87,7 @@ def test_same_seed_gives_identical_output(runs):
 def test_second_run_redoes_nothing_and_says_so(runs):
     out = runs["again"].stdout
     assert runs["again"].returncode == 0
-    for stage in ("train", "score", "mix"):
+    for stage in ("train", "score", "mix", "report"):
         assert f"skipped {stage}:" in out
     assert "ran: nothing" in out
 
@@ -104,8 +104,8 @@ def test_output_folder_has_stats_and_card(runs):
     import json
 
     stats = json.loads((runs["a"] / "mix" / "stats.json").read_text())
-    assert stats["docs_in"] == 600
-    assert stats["docs_out"] + sum(stats["docs_dropped"].values()) == stats["docs_in"]
+    assert stats["documents_in"] == 600
+    assert stats["documents_out"] + sum(stats["dropped"].values()) == stats["documents_in"]
     card = (runs["a"] / "mix" / "README.md").read_text()
     assert f"{stats['tokens_out']:,}" in card and "ROC-AUC" in card
 
@@ -126,6 +126,30 @@ def test_bad_files_are_named_and_skipped_without_losing_the_others(tmp_path):
     assert any("corrupt.parquet: not a readable Parquet file" in e for e in errors)
     scored = read_dir(tmp_path / "bad" / "scores")
     assert len(scored) == 600 + 2  # every good document, and the two usable rows of some-empty
-    stats_files = sorted((tmp_path / "bad" / "scores" / "logs" / "stats").glob("*.json"))
+    stats_files = sorted((tmp_path / "bad" / "logs" / "score" / "datatrove" / "stats").glob("*.json"))
     stats_text = "".join(f.read_text() for f in stats_files)
     assert "dropped_null_text" in stats_text and "dropped_empty_text" in stats_text
+
+
+def test_data_folders_load_directly_with_pyarrow_dask_polars_and_datasets(runs):
+    """The scores folder and the mix's data folder hold only data; the mix folder is a Hugging Face
+    dataset (card with a YAML block + data/) that `datasets.load_dataset` loads without warnings."""
+    import warnings
+
+    import dask.dataframe as dd
+    import datasets
+    import polars as pl
+
+    scores, mix = runs["a"] / "scores", runs["a"] / "mix"
+    for folder, rows in ((scores, 600), (mix / "data", len(read_dir(mix / "data")))):
+        assert pq.read_table(folder).num_rows == rows
+        assert len(dd.read_parquet(str(folder)).compute()) == rows
+        assert pl.read_parquet(str(folder / "*.parquet")).height == rows
+    card = (mix / "README.md").read_text()
+    assert card.startswith("---\n") and "data_files" in card.split("---")[1]
+    datasets.disable_progress_bars()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = datasets.load_dataset(str(mix), split="train", cache_dir=str(runs["a"].parent / "hf-cache"))
+    assert loaded.num_rows == pq.read_table(mix / "data").num_rows
+    assert set(loaded.column_names) == set(MIX_SCHEMA.names)

@@ -179,17 +179,17 @@ def test_run_drops_contamination_naming_the_items(filtered_run):
     assert contaminated[filtered_run["pasted"][URL]] == f"gsm8k:{filtered_run['item']['id']}"
     assert len(contaminated) == 25  # 24 bundled GSM8K documents are in the evaluation sample, plus the pasted one
     assert all(i.startswith("gsm8k://") for i in contaminated if i != filtered_run["pasted"][URL])
-    report = json.loads((out / "filters" / "report.json").read_text())
+    report = json.loads((out / "logs" / "filters" / "stats.json").read_text())
     assert report["contamination"]["eval_sets"][0]["items_matched"] == 25
 
 
 def test_dropped_documents_never_enter_the_mix_and_are_counted(filtered_run):
     out = filtered_run["out"]
     drops = {r[ID] for r in pq.read_table(out / "filters" / "drops.parquet").to_pylist()}
-    mixed = {r[ID] for r in read_dir(out / "mix", "part-*.parquet")}
+    mixed = {r[ID] for r in read_dir(out / "mix" / "data", "part-*.parquet")}
     assert mixed and not mixed & drops
     stats = json.loads((out / "mix" / "stats.json").read_text())
-    assert stats["docs_dropped"]["near_duplicate"] == 2 and stats["docs_dropped"]["contamination"] == 25
-    assert stats["docs_out"] + sum(stats["docs_dropped"].values()) == stats["docs_in"] == 603
+    assert stats["dropped"]["near_duplicate"] == 2 and stats["dropped"]["contamination"] == 25
+    assert stats["documents_out"] + sum(stats["dropped"].values()) == stats["documents_in"] == 603
     card = (out / "mix" / "README.md").read_text()
     assert "2 documents dropped as near-duplicates" in card and "25 documents dropped as contamination" in card

@@ -78,7 +78,7 @@ BAD_FILES = [
 @pytest.mark.parametrize("name,writer,message", BAD_FILES, ids=[b[0] for b in BAD_FILES])
 def test_bad_file_is_named_skipped_and_the_rest_scored(tmp_path, trained_model, name, writer, message):
     inputs = folder_with(tmp_path, name, writer)
-    result = score_folder(inputs, tmp_path / "scores", trained_model)
+    result = score_folder(inputs, tmp_path, trained_model)
     assert result.returncode == 1
     errors = error_lines(result)
     assert len(errors) == 1 and name in errors[0] and message in errors[0], result.stderr[-2000:]
@@ -92,7 +92,7 @@ def test_unreadable_file_permission_denied(tmp_path, trained_model):
     inputs = folder_with(tmp_path, "secret.parquet", lambda p: shutil.copy(GOOD, p))
     os.chmod(inputs / "secret.parquet", 0)
     # As root the file would still be readable: drop the capabilities that bypass file permissions.
-    result = score_folder(inputs, tmp_path / "scores", trained_model,
+    result = score_folder(inputs, tmp_path, trained_model,
                           prefix=("setpriv", "--bounding-set", "-dac_override,-dac_read_search"))
     assert result.returncode == 1
     assert any("secret.parquet: permission denied" in e for e in error_lines(result)), result.stderr[-2000:]
@@ -114,7 +114,7 @@ def test_bad_rows_are_dropped_by_reason_and_counted(tmp_path, trained_model):
         f.write(b'{"url": "u:3", "text": "bad \xff\xfe utf8"}\n')  # invalid UTF-8
         f.write(json.dumps({"url": "u:4", "text": 42}).encode() + b"\n")  # text not a string
         f.write(json.dumps({"url": "u:5", "text": "Another fine line."}).encode() + b"\n")
-    result = score_folder(inputs, tmp_path / "scores", trained_model, tasks=1)
+    result = score_folder(inputs, tmp_path, trained_model, tasks=1)
     assert result.returncode == 0, result.stderr[-2000:]
     scored = {r[ID] for r in read_dir(tmp_path / "scores")}
     assert scored == {rows[i]["url"] for i in range(3, 8)} | {"u:1", "u:5"}
@@ -143,7 +143,7 @@ def test_huge_document_and_repeated_url_are_kept_and_counted(tmp_path, trained_m
     scored = read_dir(tmp_path / "out" / "scores")
     assert len(scored) == 4 and scored[0]["n_tokens"] > 500_000
     stats = json.loads((tmp_path / "out" / "mix" / "stats.json").read_text())
-    assert stats["docs_dropped"]["duplicate_id"] == 1 and stats["docs_out"] == 3
+    assert stats["dropped"]["duplicate_id"] == 1 and stats["documents_out"] == 3
     assert run_curate("audit", tmp_path / "out").returncode == 0
 
 
@@ -160,7 +160,7 @@ def test_labels_with_bad_counts_are_rejected_naming_file_and_row(tmp_path, value
     errors = error_lines(result)
     assert len(errors) == 1 and "labels.parquet" in errors[0] and problem in errors[0], result.stderr[-1500:]
     assert "row 7" in errors[0]
-    assert not (tmp_path / "clf" / "model.bin").exists()
+    assert not (tmp_path / "clf" / "classifier" / "model.bin").exists()
 
 
 @pytest.mark.parametrize("mix,message", [({"token_budgett": 5}, "unknown key 'mix.token_budgett'"),
@@ -190,7 +190,7 @@ def test_sigkill_mid_write_leaves_no_partial_shard_and_relaunch_matches_clean_ru
             str(killed), "--tasks", "1", "--workers", "1"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    partial = killed / "00000.parquet.tmp"
+    partial = killed / "scores" / ".00000.parquet.tmp"
     deadline = time.monotonic() + 120
     while not (partial.exists() and partial.stat().st_size > 0):
         assert proc.poll() is None, "scoring finished before it could be killed; make the input bigger"
@@ -198,12 +198,13 @@ def test_sigkill_mid_write_leaves_no_partial_shard_and_relaunch_matches_clean_ru
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (killed / "00000.parquet").exists()  # nothing a later stage would read
+    assert not (killed / "scores" / "00000.parquet").exists()  # nothing a later stage would read
     assert run_curate("audit", tmp_path / "none").returncode != 0
     relaunch = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert relaunch.returncode == 0, relaunch.stderr[-2000:]
     clean = run_curate("score", inputs, "--model", trained_model, "--out", tmp_path / "clean", "--tasks", 1,
                        "--workers", 1)
     assert clean.returncode == 0
-    assert pq.read_table(killed / "00000.parquet").equals(pq.read_table(tmp_path / "clean" / "00000.parquet"))
-    assert pq.ParquetFile(killed / "00000.parquet").metadata.num_rows == 40 * 600
+    shard = Path("scores") / "00000.parquet"
+    assert pq.read_table(killed / shard).equals(pq.read_table(tmp_path / "clean" / shard))
+    assert pq.ParquetFile(killed / shard).metadata.num_rows == 40 * 600

@@ -1,0 +1,136 @@
+"""Where a job's outputs live, and how a stage records what its output was made from.
+
+One `Layout` names every folder of an output folder. Data folders hold only data, so that they
+load directly with pyarrow, dask, polars or `datasets`; what a stage needs to resume or explain
+its work (stats, fingerprints, datatrove logs and completions, checkpoints, Slurm logs) lives
+beside the data in `logs/<stage>/`:
+
+    OUT/sample/sample.parquet          the label sample
+    OUT/labels/labels.parquet          LLM labels
+    OUT/classifier/                    model.bin + card.json (+ oof.parquet: out-of-fold predictions)
+    OUT/scores/NNNNN.parquet           attribute rows, one per input document
+    OUT/filters/drops.parquet          ids kept out of the mix, with the reason
+    OUT/mix/, OUT/control/             Hugging Face dataset layout: README.md (card), stats.json, data/*.parquet
+    OUT/report/                        plots and index.html
+    OUT/logs/<stage>/                  stats.json (with the fingerprint), logs, checkpoints
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from curate.io import read_json, write_text
+
+STATS_FILE = "stats.json"
+MODEL_FILE, CARD_FILE, OOF_FILE = "model.bin", "card.json", "oof.parquet"
+DATA_DIR, DATASET_CARD = "data", "README.md"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The folders and files of one output folder (a job's `output_dir`, or the `--out` of a stage command)."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    def logs(self, stage: str) -> Path:
+        """The folder of a stage's stats, logs and checkpoints."""
+        return self.root / "logs" / stage
+
+    def stats(self, stage: str) -> Path:
+        """A stage's stats JSON (it records the fingerprint the output was made from)."""
+        return self.logs(stage) / STATS_FILE
+
+    @property
+    def sample_file(self) -> Path:
+        return self.root / "sample" / "sample.parquet"
+
+    @property
+    def labels_file(self) -> Path:
+        return self.root / "labels" / "labels.parquet"
+
+    @property
+    def classifier_dir(self) -> Path:
+        return self.root / "classifier"
+
+    @property
+    def model_file(self) -> Path:
+        return self.classifier_dir / MODEL_FILE
+
+    @property
+    def card_file(self) -> Path:
+        return self.classifier_dir / CARD_FILE
+
+    @property
+    def oof_file(self) -> Path:
+        return self.classifier_dir / OOF_FILE
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.root / "scores"
+
+    @property
+    def drops_file(self) -> Path:
+        return self.root / "filters" / "drops.parquet"
+
+    def mix_dir(self, which: str = "mix") -> Path:
+        """A mix in the Hugging Face dataset layout (`mix`, or the matched `control`)."""
+        return self.root / which
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def slurm_dir(self) -> Path:
+        return self.logs("slurm")
+
+
+def dataset_files(mix_dir: Path) -> list[Path]:
+    """The Parquet shards of a mix folder, in order."""
+    return sorted((Path(mix_dir) / DATA_DIR).glob("*.parquet"))
+
+
+def fingerprint_of(*parts) -> str:
+    """SHA-256 of the JSON of `parts`: what a stage's output was made from."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def recorded_fingerprint(path: Path) -> str | None:
+    """The fingerprint a stats/card JSON file records, or None when there is none (or no file)."""
+    try:
+        return read_json(path).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def is_current(path: Path, fingerprint: str) -> bool:
+    """Whether the JSON file at `path` records this fingerprint."""
+    return recorded_fingerprint(path) == fingerprint
+
+
+def input_stamps(files: list[str]) -> list[tuple]:
+    """What identifies the input files without reading them: path, size and modification time."""
+    stamps = []
+    for f in files:
+        st = os.stat(f)
+        stamps.append((os.path.abspath(f), st.st_size, st.st_mtime_ns))
+    return stamps
+
+
+def claim(folder: Path, fingerprint: str, clear) -> bool:
+    """Make `folder` hold only work done for `fingerprint`: when the fingerprint recorded in
+    `folder/fingerprint` differs, call `clear()` (which deletes the earlier work) and record the new
+    one. Returns whether earlier work for the same fingerprint is kept (an interrupted run resumes)."""
+    marker = Path(folder) / "fingerprint"
+    if marker.exists() and marker.read_text() == fingerprint:
+        return True
+    clear()
+    write_text(fingerprint, marker)
+    return False

@@ -80,7 +80,7 @@ def test_bootstrap_two_rounds_against_the_server_resumes_and_skips_finished_roun
     job_one = _job(tmp_path, initial, pool, proxy.url, rounds=1)
     first = subprocess.Popen([sys.executable, "-m", "curate", "bootstrap", str(job_one)], cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = out / "round-01" / "work" / "checkpoints" / "last_chunk" / "00000.txt"
+    marker = out / "round-01" / "logs" / "label" / "work" / "checkpoints" / "last_chunk" / "00000.txt"
     deadline = time.monotonic() + 300
     while first.poll() is None and time.monotonic() < deadline and not (
             marker.exists() and marker.read_text().strip()):
@@ -101,7 +101,7 @@ def test_bootstrap_two_rounds_against_the_server_resumes_and_skips_finished_roun
         assert "skipped rounds 0:" in one.stdout and selection.stat().st_mtime_ns == picked_at  # same picks resumed
         resumed = {r["doc"] for r in proxy.records[n_before:]}
         assert resumed and not resumed & answered_before  # a checkpointed answer is not asked again
-        assert sorted(pq.read_table(out / "round-01" / "labels.parquet")["id"].to_pylist()) == sorted(picked_before)
+        assert sorted(pq.read_table(out / "round-01" / "labels" / "labels.parquet")["id"].to_pylist()) == sorted(picked_before)
         assert len(set(proxy.answered())) == 2
         two = run_curate("bootstrap", _job(tmp_path, initial, pool, proxy.url, rounds=2))
         assert two.returncode == 0, two.stderr[-3000:]
@@ -128,7 +128,7 @@ def test_bootstrap_two_rounds_against_the_server_resumes_and_skips_finished_roun
         assert m["new_documents"] == 2 and m["selected"] == {TOP: 1, UNCERTAIN: 1}
         assert m["label_requests"] == (2 if r == 2 else len(resumed))  # requests of the run that finished it
         selection = pq.read_table(folder / "selection.parquet")
-        labels = pq.read_table(folder / "labels.parquet")
+        labels = pq.read_table(folder / "labels" / "labels.parquet")
         assert sorted(labels["id"].to_pylist()) == sorted(selection["id"].to_pylist())
         assert sum(1 for c in labels["verification"].to_pylist() if c) == m["new_positives"]["verification"]
         assert json.loads((folder / "classifier" / "card.json").read_text())["fingerprint"] == m["fingerprint"]
@@ -159,6 +159,6 @@ def test_bootstrap_stops_with_one_line_error_when_the_pool_is_all_labeled(tmp_pa
     pool = tmp_path / "pool.parquet"
     pq.write_table(pq.read_table(BUNDLED_LABELS, columns=["url", "text"]).slice(0, 5), pool)
     result = run_curate("bootstrap", _job(tmp_path, initial, pool, "http://127.0.0.1:9", rounds=1))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: bootstrap round 1: no unlabeled document left")
     assert (tmp_path / "out" / "bootstrap" / "round-00" / "metrics.json").exists()

@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from curate.label import LABELS_FILE, STATS_FILE
 from curate.schema import BEHAVIORS, LABELS_SCHEMA
 from tests.helpers import REPO, run_curate
 from tests.llm_server import LlamaServer, RecordingProxy, require_llama_cpp
@@ -27,6 +26,7 @@ from tests.llm_server import LlamaServer, RecordingProxy, require_llama_cpp
 pytestmark = pytest.mark.slow
 
 SMALL = ["--model", "smollm2", "--max-doc-tokens", "40", "--max-tokens", "48", "--concurrency", "1"]
+LABELS_FILE, STATS_FILE = Path("labels") / "labels.parquet", Path("logs") / "label" / "stats.json"  # in --out
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +37,9 @@ def gsm_sample(shared_dir, tmp_path_factory):
     gsm = gsm.take(pc.sort_indices(pc.utf8_length(gsm["text"]))).slice(0, 6)
     folder = tmp_path_factory.mktemp("gsm")
     pq.write_table(gsm.select(["url", "text"]), folder / "docs.parquet")
-    out = folder / "sample.parquet"
-    result = run_curate("sample", folder / "docs.parquet", "--out", out, "--n", "6")
+    result = run_curate("sample", folder / "docs.parquet", "--out", folder, "--n", "6")
     assert result.returncode == 0, result.stderr
-    return out
+    return folder / "sample" / "sample.parquet"
 
 
 def _subset(sample, tmp_path, start, n):
@@ -203,31 +202,32 @@ def test_vllm_server_type_starts_and_stops_the_server_through_datatrove(gsm_samp
     assert result.returncode == 0, result.stderr[-3000:]
     stats = json.loads((out / STATS_FILE).read_text())
     assert stats["documents"] == 1 and stats["prompt_tokens_per_document"] > 0
-    logs = list((out / "work" / "server_logs").glob("*.log"))
+    logs = list((out / "logs" / "label" / "work" / "server_logs").glob("*.log"))
     assert logs and "Uvicorn running" in "".join(p.read_text() for p in logs)
 
 
 def test_job_runs_sample_then_label_and_hands_the_labels_to_train(llama_server, gsm_sample, tmp_path):
-    """`curate run`'s first stages: sample -> label (skipped when current), their labels become train.labels."""
+    """`curate run`'s first stages: sample -> label (skipped when current); train reads their labels."""
     from curate.config import load_job
-    from curate.run import RunResult, run_labels
+    from curate.layout import Layout
+    from curate.stages import run_job, train_labels
     from tests.helpers import write_job
 
     path = write_job(tmp_path / "job.yaml", name="t", output_dir=str(tmp_path / "out"),
                      input={"paths": [str(gsm_sample)]}, sample={"n": 2},
                      label={"endpoint_url": llama_server.url, "model": "smollm2", "max_doc_tokens": 40,
                             "max_tokens": 48, "concurrency": 1})
-    for expected in ("ran", "skipped"):
-        job, result = load_job(path), RunResult()
-        run_labels(job, [str(gsm_sample)], result)
-        stages = result.ran if expected == "ran" else list(result.skipped)
-        assert stages == ["sample", "label"], (result.ran, result.skipped)
-    assert job.train.labels == str(tmp_path / "out" / "labels" / LABELS_FILE)
-    assert pq.read_table(job.train.labels).num_rows == 2
+    for expected in (True, False):
+        job = load_job(path)
+        results = run_job(job, only={"sample", "label"})
+        assert [(r.stage, r.ran) for r in results] == [("sample", expected), ("label", expected)], results
+    labels_path = train_labels(job, Layout(job.out))
+    assert labels_path == tmp_path / "out" / LABELS_FILE and job.train.labels is None  # the job is not changed
+    assert pq.read_table(labels_path).num_rows == 2
     audit = run_curate("audit", tmp_path / "out")  # sample and label stages accounted for
-    assert audit.returncode == 0 and "sample OK" in audit.stdout and "label  OK" in audit.stdout, audit.stdout
-    labels = pq.read_table(job.train.labels)
-    pq.write_table(labels.slice(0, 1), job.train.labels)  # a sampled document lost between the stages
+    assert audit.returncode == 0 and "sample  OK" in audit.stdout and "label   OK" in audit.stdout, audit.stdout
+    labels = pq.read_table(labels_path)
+    pq.write_table(labels.slice(0, 1), labels_path)  # a sampled document lost between the stages
     audit = run_curate("audit", tmp_path / "out")
     assert audit.returncode == 1 and "sampled ids missing from the labels: 1 != 0" in audit.stdout, audit.stdout
 

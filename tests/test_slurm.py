@@ -28,9 +28,12 @@ def run_curate(*args) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def dryrun_job(tmp: Path, name: str, **changes) -> Path:
-    """jobs/dryrun-slurm.yaml with its output in `tmp/name` (and `changes` merged into sections)."""
-    job = yaml.safe_load((REPO / "jobs" / "dryrun-slurm.yaml").read_text())
+def dryrun_job(tmp: Path, name: str, base: str = "dryrun-slurm.yaml", **changes) -> Path:
+    """A bundled job (jobs/dryrun-slurm.yaml by default) with its output in `tmp/name` (and `changes`
+    merged into sections)."""
+    job = yaml.safe_load((REPO / "jobs" / base).read_text())
+    if "extends" in job:
+        job["extends"] = str(REPO / "jobs" / job["extends"])
     job["output_dir"] = str(tmp / name)
     for section, values in changes.items():
         job[section] = {**job.get(section, {}), **values} if isinstance(values, dict) else values
@@ -45,27 +48,32 @@ def submitted(result: subprocess.CompletedProcess) -> dict[str, str]:
             if line.startswith("submitted ")}
 
 
+def slurm_lines(status: subprocess.CompletedProcess) -> dict[str, str]:
+    """{Slurm task: its line} of `curate status` output."""
+    return {line.split()[0]: line for line in status.stdout.splitlines() if " job " in line}
+
+
 def wait_for_chain(out: Path, timeout: float = 300) -> None:
-    """Wait until no stage of the chain last submitted for `out` is running or pending."""
+    """Wait until no task of the chain last submitted for `out` is running or pending."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = run_curate("status", out)
-        if "running 0  pending 0" in status.stdout and all(
-                "running 0  pending 0" in line for line in status.stdout.splitlines()):
+        lines = slurm_lines(status)
+        if lines and all("running 0  pending 0" in line for line in lines.values()):
             return
         time.sleep(1)
     raise TimeoutError(f"chain of {out} still running after {timeout}s:\n{status.stdout}")
 
 
 def mix_files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((out / "mix").glob("part-*.parquet"))}
+    return {p.name: p.read_bytes() for p in sorted((out / "mix" / "data").glob("part-*.parquet"))}
 
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory) -> Path:
-    """The dry run on datatrove's LocalPipelineExecutor (the reference output)."""
+    """jobs/dryrun.yaml on datatrove's LocalPipelineExecutor (the reference output)."""
     tmp = tmp_path_factory.mktemp("local")
-    result = run_curate("run", dryrun_job(tmp, "out"), "--executor", "local")
+    result = run_curate("run", dryrun_job(tmp, "out", base="dryrun.yaml"))
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp / "out"
 
@@ -78,7 +86,8 @@ def test_slurm_dry_run_gives_the_local_output(slurm_cluster, local_run, tmp_path
     status = run_curate("status", tmp_path / "out")
     assert status.returncode == 0 and "done 2/2" in status.stdout, status.stdout
     out = tmp_path / "out"
-    assert json.loads((out / "slurm" / "result.json").read_text())["errors"] == []
+    finish = json.loads((out / "logs" / "slurm" / "finish.json").read_text())
+    assert list(finish) == ["score", "filters", "mix", "report"] and not any(s["errors"] for s in finish.values())
     # the whole classifier -> scores -> mix chain is deterministic (fastText with one thread and a
     # fixed seed, seeded mix), so the mix shards are compared byte for byte, and stats.json whole
     assert mix_files(out) and mix_files(out) == mix_files(local_run)
@@ -99,7 +108,7 @@ def test_killed_array_task_is_the_only_rank_run_again(slurm_cluster, local_run, 
     job = dryrun_job(tmp_path, "out", slurm={"env_command": hold})
     out = tmp_path / "out"
     score_job = submitted(run_curate("run", job))["score"]
-    completions = out / "scores" / "logs" / "completions"
+    completions = out / "logs" / "score" / "datatrove" / "completions"
     deadline = time.monotonic() + 240
     while not ((completions / "00000").exists() and "RUNNING" in subprocess.run(
             ["squeue", "-h", "-j", f"{score_job}_1", "-o", "%T"], capture_output=True, text=True).stdout):
@@ -119,7 +128,7 @@ def test_killed_array_task_is_the_only_rank_run_again(slurm_cluster, local_run, 
     kept_completion = (completions / "00000").stat().st_mtime_ns
     stages = submitted(run_curate("run", job))
     assert list(stages) == ["score", "finish"]  # the classifier is current: no train job
-    assert json.loads((out / "scores" / "logs" / "ranks_to_run.json").read_text()) == [1]
+    assert json.loads((completions.parent / "ranks_to_run.json").read_text()) == [1]
     wait_for_chain(out)
     assert run_curate("status", out).returncode == 0
     # rank 0 did not run again: its shard and completion are the very files of the first launch
@@ -151,14 +160,14 @@ def test_sample_and_label_run_as_slurm_jobs_before_train(slurm_cluster, llama_se
     job = dryrun_job(tmp_path, "out", input={"paths": [str(_gsm_docs(tmp_path, 4))]}, sample={"n": 2}, label=small,
                      train={"cv_folds": 2})
     spec = yaml.safe_load(job.read_text())
-    del spec["train"]["labels"]  # the label stage makes train's labels
+    spec["train"]["labels"] = None  # the label stage makes train's labels (dryrun.yaml names the bundled ones)
     job.write_text(yaml.safe_dump(spec, sort_keys=False))
     out = tmp_path / "out"
     stages = submitted(run_curate("run", job))
     assert list(stages) == ["sample", "label", "train", "score", "finish"]
     wait_for_chain(out)
 
-    jobs = json.loads((out / "slurm" / "jobs.json").read_text())
+    jobs = json.loads((out / "logs" / "slurm" / "jobs.json").read_text())
     assert {stage: info["job_id"] for stage, info in jobs.items()} == stages
     for stage in ("sample", "label"):  # each ran as its Slurm job and finished
         assert (Path(jobs[stage]["logging_dir"]) / "completions" / "00000").exists()
@@ -167,7 +176,7 @@ def test_sample_and_label_run_as_slurm_jobs_before_train(slurm_cluster, llama_se
     assert sorted(labels["id"].to_pylist()) == sorted(pq.read_table(out / "sample" / "sample.parquet")["id"].to_pylist())
     assert set(labels["labeler"].to_pylist()) == {"smollm2"} and all(labels["raw_response"].to_pylist())
     status = run_curate("status", out)
-    lines = {line.split()[0]: line for line in status.stdout.splitlines()}
+    lines = slurm_lines(status)
     assert status.returncode == 1 and list(lines) == list(stages), status.stdout
     assert "done 1/1" in lines["sample"] and "done 1/1" in lines["label"], status.stdout
     assert "failed 1 (ranks 0)" in lines["train"] and not (out / "classifier" / "model.bin").exists()
@@ -186,6 +195,6 @@ def test_sample_and_label_run_as_slurm_jobs_before_train(slurm_cluster, llama_se
     assert list(submitted(result)) == ["label"]
     wait_for_chain(single)
     assert run_curate("status", single).returncode == 0
-    relabeled = pq.read_table(single / "labels.parquet")
+    relabeled = pq.read_table(single / "labels" / "labels.parquet")
     assert sorted(relabeled["id"].to_pylist()) == sorted(labels["id"].to_pylist())
     wait_for_idle_queue()

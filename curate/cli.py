@@ -125,9 +125,7 @@ def _cmd_status(args) -> int:
     from curate.io import read_json
     from curate.stages import STAGES
 
-    layout = Layout(args.output_dir)
-    if not layout.root.is_dir():
-        raise FileNotFoundError(f"{layout.root}: no such output folder")
+    layout = _existing_folder(args.output_dir)
     for stage in STAGES:
         marker = stage.marker(layout)
         if marker.exists():
@@ -202,10 +200,17 @@ def _cmd_filter(args) -> int:
     return 0
 
 
+def _existing_folder(path: str) -> Layout:
+    """The layout of an output folder that exists."""
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{path}: no such output folder")
+    return Layout(path)
+
+
 def _cmd_report(args) -> int:
     from curate.report import write_report
 
-    written = write_report(Layout(args.output_dir), name=args.name, labels=args.labels)
+    written = write_report(_existing_folder(args.output_dir), name=args.name, labels=args.labels)
     if written["agreement"] and written["agreement"]["documents"]:
         for behavior, m in written["agreement"]["behaviors"].items():
             auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
@@ -219,7 +224,7 @@ def _cmd_report(args) -> int:
 def _cmd_audit(args) -> int:
     from curate.stages import audit
 
-    results = audit(Layout(args.output_dir))
+    results = audit(_existing_folder(args.output_dir))
     for stage in results:
         dropped = ", ".join(f"{k} {v}" for k, v in stage.dropped.items() if v) or "none"
         counts = ", ".join(f"{k} {v}" for k, v in stage.counts.items())
@@ -243,10 +248,10 @@ def _cmd_label(args) -> int:
     from curate.label import label
 
     layout = Layout(args.out)
+    cfg = model_from_options(LabelConfig, args)
     sample = Path(args.sample) if args.sample else layout.sample_file
     if not sample.is_file():
         raise FileNotFoundError(f"{sample}: no sample to label (give a sample file, or run `curate sample --out {args.out}`)")
-    cfg = model_from_options(LabelConfig, args)
     if args.executor == "slurm":
         from curate.cluster import submit_label
 

@@ -277,6 +277,8 @@ def _read_mapping(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raw = yaml.safe_load(path.read_text())
     except OSError as e:
         raise JobError(f"{path}: cannot read job file: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise JobError(f"{path}: not a job file (not UTF-8 text)") from None
     except yaml.YAMLError as e:
         raise JobError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):

@@ -20,7 +20,7 @@ from curate.io import Dropped, iter_readable, read_json, write_json, write_parqu
 from curate.layout import Layout, recorded_fingerprint
 from curate.readers import OpenWebMathReader
 from curate.schema import BEHAVIOR_SCORE, CONTAMINATION, DETAIL, DROPS_SCHEMA, ID, NEAR_DUPLICATE, REASON, TEXT
-from curate.score import STAGE as SCORE_STAGE, load_scores, scored_shards
+from curate.score import STAGE as SCORE_STAGE, load_scores
 
 STAGE, DATATROVE_DIR = "filters", "minhash"
 
@@ -54,14 +54,14 @@ def run_filters(files: list[str], layout: Layout, cfg: FiltersConfig, tasks: int
     stats (the report); return the report.
 
     `tasks`/`workers`/`make_executor` apply to the datatrove dedup backend (default: local executors)."""
-    scores_table = load_scores(scored_shards(layout.scores_dir))
+    decont = cfg.decontaminate
+    index = decontaminate.build_index(decont.eval_sets, decont.ngram) if decont.eval_sets else None
+    scores_table = load_scores(layout.scores_dir)
     scores = dict(zip(scores_table.column(ID).to_pylist(), scores_table.column(BEHAVIOR_SCORE).to_pylist()))
     drops: dict[str, tuple[str, str]] = {}
     report: dict = {"documents": len(scores), "dropped": {CONTAMINATION: 0, NEAR_DUPLICATE: 0}}
 
-    decont = cfg.decontaminate
-    if decont.eval_sets:
-        index = decontaminate.build_index(decont.eval_sets, decont.ngram)
+    if index is not None:
         found = decontaminate.find_contamination(iter_texts(files), index, total=len(scores))
         for match in found:
             drops[match["document"]] = (CONTAMINATION, decontaminate.describe(match["items"]))

@@ -27,7 +27,7 @@ from curate.executors import DaskCluster
 from curate.io import Dropped, atomic_path, iter_readable, read_json, write_json, write_text
 from curate.layout import DATA_DIR, DATASET_CARD, STATS_FILE, Layout
 from curate.progress import Progress
-from curate.score import STAGE as SCORE_STAGE, load_scores, scored_shards
+from curate.score import STAGE as SCORE_STAGE, load_scores
 from curate.schema import (
     BEHAVIOR_SCORE, ID, MIX_SCHEMA, N_TOKENS, REPEATS, SCORE_COLUMNS, TEXT, URL, WEIGHT,
 )
@@ -241,7 +241,7 @@ def mix(files: list[str], layout: Layout, cfg: MixConfig, seed: int = 0, fingerp
         raise MixError(f"{len(unscored)} of {len(files)} input files were not scored in {layout.scores_dir} "
                        f"(e.g. {unscored[0]}): score them first, or give the inputs that were scored")
     out_dir = layout.mix_dir()
-    table = load_scores(scored_shards(layout.scores_dir), dask_cluster)
+    table = load_scores(layout.scores_dir, dask_cluster)
     ids = table.column(ID).to_pylist()
     first = {}
     for i, doc_id in enumerate(ids):

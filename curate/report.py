@@ -204,8 +204,7 @@ def write_report(layout: Layout, name: str | None = None, labels: str | Path | N
     report_dir = layout.report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
     plots, not_drawn, agreement = [], [], None
-    shards = scored_shards(layout.scores_dir)
-    table = load_scores(shards) if shards else None
+    table = load_scores(layout.scores_dir) if scored_shards(layout.scores_dir) else None
     if table is not None:
         plot_histograms(table, report_dir / HISTOGRAMS)
         plots.append(HISTOGRAMS)

@@ -240,16 +240,18 @@ def score(files: list[str], model_path: str | Path, layout: Layout, cfg: ScoreCo
     return {**summarize(files, layout, tokens, fingerprint), "skipped": False}
 
 
-def load_scores(shards: list[str], dask_cluster=None):
-    """All attribute rows (id, scores, n_tokens) of the scored shards, read by the workers of a dask
-    cluster (a LocalCluster unless `dask_cluster` says otherwise, e.g. dask-jobqueue on Slurm)."""
+def load_scores(scores_dir: Path, dask_cluster=None):
+    """All attribute rows (id, scores, n_tokens) of a scores folder as an Arrow table, read by the
+    workers of a dask cluster (a LocalCluster unless `dask_cluster` says otherwise, e.g.
+    dask-jobqueue on Slurm)."""
     import dask.dataframe as dd
     import pyarrow as pa
 
     from curate.executors import DaskCluster
 
+    shards = scored_shards(scores_dir)
     if not shards:
-        raise FileNotFoundError("no scored shards: run the score stage first")
+        raise FileNotFoundError(f"{scores_dir}: no scored shards (run the score stage first)")
     with (dask_cluster or DaskCluster()).client():
         frame = dd.read_parquet(shards, columns=[ID, *SCORE_COLUMNS, N_TOKENS]).compute()
     return pa.Table.from_pandas(frame, preserve_index=False)

@@ -28,7 +28,6 @@ import fsspec
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datatrove.io import DataFolder
 
 from curate.schema import DATE, ID, METADATA, TEXT, URL, doc_id
 from curate.storage import (
@@ -102,6 +101,8 @@ def _is_folder(path: str | Path) -> bool:
 
 def _list_folder(path: str, pattern: str | None) -> list[str]:
     """The files under a folder (recursively, or matching `pattern`), through datatrove's DataFolder."""
+    from datatrove.io import DataFolder  # huggingface_hub comes with it: imported when a folder is listed
+
     with storage_errors(path, InputError, "cannot list"):
         folder = DataFolder(path)
         found = folder.list_files(glob_pattern=pattern)

@@ -1,35 +1,49 @@
-"""Reading OpenWebMath-schema input files and writing outputs atomically.
+"""Reading OpenWebMath-schema input files and writing outputs atomically, at local paths or fsspec URLs
+(`s3://`, `gs://`, `hf://datasets/...`, `file://`; `curate.storage` says where credentials come from).
 
-Readers never raise on a bad row: they yield a `Dropped` record naming the file, row and reason,
-so every stage can count it. A file that cannot be read at all raises `InputError` with a
-one-line message; callers report it and go on with the other files.
+Readers never raise on a bad row: they yield a `Dropped` record naming the file, row and reason, so every
+stage can count it. A file that cannot be read raises `InputError`, one line naming the file: at open, or
+midway (a truncated gzip/zstd stream, a corrupt Parquet row group, a last JSONL line cut short, a store
+failing mid-stream), and then the line says how many rows were read. The rule for those rows: they are
+kept. A reader never takes back a row it has yielded, so a stage keeps what it got from a file that failed
+later, and an audit counts that file's rows as the rows read (`iter_readable` hands that count to its
+`on_error`). Callers report the file and go on with the others.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob as globlib
-import hashlib
+import gzip
 import json
 import logging
 import os
 import tempfile
+import zlib
+from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
+import fsspec
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.schema import DATE, ID, METADATA, TEXT, URL, doc_id
+from curate.storage import (
+    StorageError, describe, filesystem, first_line, local_path, read_bytes, storage_errors, upload,
+)
+from curate.storage import file_sha256, stamp  # noqa: F401 - part of this module's API (stages import them from here)
 
 INPUT_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".json.gz", ".jsonl.zst")
+COMPRESSION_SUFFIXES = (".gz", ".zst", ".bz2", ".xz")
 PARQUET_BATCH_ROWS = 1024
 
+log = logging.getLogger(__name__)
 
-class InputError(Exception):
-    """A whole input file that cannot be read; the message is one line naming the file."""
+
+class InputError(StorageError):
+    """An input file (or input location) that cannot be read; the message is one line naming it."""
 
 
 @dataclass(frozen=True)
@@ -45,76 +59,206 @@ class Dropped:
         return f"{self.path}: row {self.row}: {self.reason}{': ' + self.detail if self.detail else ''}"
 
 
-def list_input_files(paths: list[str], pattern: str | None = None) -> list[str]:
-    """Expand files and folders into a sorted list of input files; missing paths are an error."""
+def _suffix(path: str) -> str:
+    """A file's format suffix, with a compression suffix kept together with the one before it."""
+    suffixes = PurePosixPath(path).suffixes
+    if len(suffixes) > 1 and suffixes[-1] in COMPRESSION_SUFFIXES:
+        return "".join(suffixes[-2:])
+    return suffixes[-1] if suffixes else "(no suffix)"
+
+
+@dataclass(frozen=True)
+class InputListing:
+    """The input files found under some paths, and the files in the input folders that curate does not
+    read (another format)."""
+
+    files: list[str]
+    not_read: list[str]
+
+    def not_read_by_suffix(self) -> dict[str, int]:
+        return dict(sorted(Counter(_suffix(f) for f in self.not_read).items()))
+
+    def not_read_line(self) -> str | None:
+        """One line naming the files left out, counted by suffix; None when there are none."""
+        if not self.not_read:
+            return None
+        counts = ", ".join(f"{n} {suffix}" for suffix, n in self.not_read_by_suffix().items())
+        return (f"{len(self.not_read)} file(s) in the input folders not read ({counts}; curate reads "
+                f"{', '.join(INPUT_SUFFIXES)}), e.g. {self.not_read[0]}")
+
+
+def _is_folder(path: str | Path) -> bool:
+    """Whether an input path is a folder (else a file); a missing one is an `InputError`."""
+    local, path = local_path(path), str(path)
+    if local is not None:
+        if not os.path.exists(local):
+            raise InputError(f"{path}: no such file or folder")
+        return os.path.isdir(local)
+    fs, fs_path = filesystem(path, InputError)
+    with storage_errors(path, InputError):
+        return fs.info(fs_path)["type"] == "directory"
+
+
+def _list_folder(path: str, pattern: str | None) -> list[str]:
+    """The files under a folder (recursively, or matching `pattern`), through datatrove's DataFolder."""
+    from datatrove.io import DataFolder  # huggingface_hub comes with it: imported when a folder is listed
+
+    with storage_errors(path, InputError, "cannot list"):
+        folder = DataFolder(path)
+        found = folder.list_files(glob_pattern=pattern)
+    local = local_path(path)
+    return [os.path.join(local, f) for f in found] if local is not None else folder.resolve_paths(found)
+
+
+def find_inputs(paths: list[str], pattern: str | None = None) -> InputListing:
+    """Expand files and folders (local paths or URLs) into a sorted list of input files; missing paths are
+    an `InputError`. A folder contributes its files with an input suffix (`INPUT_SUFFIXES`), all of them or
+    those matching `pattern` (a glob relative to the folder, e.g. `**/*.parquet`); its other files are
+    listed in `not_read` and named in one warning. A path naming a file is taken whatever its suffix."""
     files: list[str] = []
+    not_read: list[str] = []
     for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            if pattern:
-                found = globlib.glob(str(path / pattern), recursive=True)
-            else:
-                found = [str(f) for f in path.rglob("*") if f.is_file() and str(f).endswith(INPUT_SUFFIXES)]
-            files.extend(sorted(found))
-        elif path.exists():
-            files.append(str(path))
+        if not _is_folder(p):
+            files.append(str(p))
+            continue
+        for f in _list_folder(str(p), pattern):
+            (files if f.endswith(INPUT_SUFFIXES) else not_read).append(f)
+    listing = InputListing(sorted(dict.fromkeys(files)), sorted(dict.fromkeys(not_read)))
+    if line := listing.not_read_line():
+        log.warning(line)
+    return listing
+
+
+def list_input_files(paths: list[str], pattern: str | None = None) -> list[str]:
+    """The input files of `find_inputs` (files curate does not read are logged there)."""
+    return find_inputs(paths, pattern).files
+
+
+def _check_readable(path: str) -> None:
+    local = local_path(path)
+    if local is None:
+        fs, fs_path = filesystem(path, InputError)
+        with storage_errors(path, InputError):
+            size = fs.size(fs_path)
+    else:
+        try:
+            size = os.path.getsize(local)
+            with open(local, "rb"):
+                pass
+        except PermissionError:
+            raise InputError(f"{path}: permission denied") from None
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+    if size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
+
+
+@contextlib.contextmanager
+def _parquet_file(path: str):
+    """An open `pq.ParquetFile`: local files natively, URLs through their fsspec file (ranged reads: the
+    footer alone costs a read or two, whatever the file's size)."""
+    local = local_path(path)
+    with contextlib.ExitStack() as stack:
+        if local is None:
+            fs, fs_path = filesystem(path, InputError)
+            with storage_errors(path, InputError):
+                source = stack.enter_context(fs.open(fs_path, "rb"))
         else:
-            raise InputError(f"{p}: no such file or folder")
-    return sorted(dict.fromkeys(files))
+            source = local
+        try:
+            pf = stack.enter_context(pq.ParquetFile(source))
+        except Exception as e:  # noqa: BLE001 - whatever pyarrow or the store raise, this file is unreadable
+            raise InputError(f"{path}: not a readable Parquet file: {_data_problem(e, path)[1]}") from None
+        yield pf
+
+
+def _data_problem(error: BaseException, path: str, corrupt: str = "corrupt data") -> tuple[str, str]:
+    """What failed while reading a file's data, and the detail: corrupt data (Parquet, gzip, zstd), data
+    that ends early (truncated), or the store under it (then `describe`s words)."""
+    if isinstance(error, EOFError):
+        return "compressed data ends early (truncated file)", first_line(error)
+    if isinstance(error, (zlib.error, gzip.BadGzipFile)) or type(error).__name__ == "ZstdError":
+        return "corrupt compressed data", first_line(error)
+    if isinstance(error, pa.ArrowException) or type(error) is OSError:  # pyarrow reports bad bytes as OSError
+        return corrupt, first_line(error)
+    return "reading failed", describe(error, path)
+
+
+def _failed_midway(path: str, rows: int, error: BaseException, corrupt: str = "corrupt data") -> InputError:
+    what, detail = _data_problem(error, path, corrupt)
+    return InputError(f"{path}: {what} after {rows} rows ({detail})")
 
 
 def _iter_parquet_rows(path: str) -> Iterator[dict | Dropped]:
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        raise InputError(f"{path}: not a readable Parquet file: {str(e).splitlines()[0]}") from None
-    names = pf.schema_arrow.names
-    if TEXT not in names:
-        raise InputError(f"{path}: no '{TEXT}' column (columns: {', '.join(names) or 'none'})")
-    columns = [c for c in (URL, TEXT, DATE, METADATA) if c in names]
-    row = 0
-    try:
-        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
-            for record in batch.to_pylist():
-                yield record
-                row += 1
-    except (pa.ArrowException, OSError) as e:
-        raise InputError(f"{path}: corrupt Parquet data after row {row}: {str(e).splitlines()[0]}") from None
+    with _parquet_file(path) as pf:
+        names = pf.schema_arrow.names
+        if TEXT not in names:
+            raise InputError(f"{path}: no '{TEXT}' column (columns: {', '.join(names) or 'none'})")
+        columns = [c for c in (URL, TEXT, DATE, METADATA) if c in names]
+        row = 0
+        try:
+            for group in range(pf.num_row_groups):  # one group at a time: a bad group keeps the rows before it
+                for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group], columns=columns):
+                    for record in batch.to_pylist():
+                        yield record
+                        row += 1
+        except Exception as e:  # noqa: BLE001 - any failure midway is this file's
+            raise _failed_midway(path, row, e, "corrupt Parquet data") from None
 
 
 def _iter_jsonl_rows(path: str) -> Iterator[dict | Dropped]:
-    import fsspec
-
-    with fsspec.open(path, "rb", compression="infer") as f:
-        for row, line in enumerate(f):
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError as e:
-                yield Dropped(path, row, "malformed_json", str(e).splitlines()[0])
-                continue
-            if not isinstance(record, dict):
-                yield Dropped(path, row, "malformed_json", f"expected an object, got {type(record).__name__}")
-                continue
-            yield record
+    """Rows of a JSONL file (plain, .gz or .zst, streamed); blank lines are not rows."""
+    row = 0
+    try:
+        with fsspec.open(path, "rb", compression="infer") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    if not line.endswith(b"\n"):  # only the last line lacks one: the file was cut
+                        raise InputError(f"{path}: last line cut short after {row} rows (no newline, not valid JSON)")
+                    yield Dropped(path, row, "malformed_json", str(e).splitlines()[0])
+                    row += 1
+                    continue
+                if isinstance(record, dict):
+                    yield record
+                else:
+                    yield Dropped(path, row, "malformed_json", f"expected an object, got {type(record).__name__}")
+                row += 1
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure while streaming is this file's
+        raise _failed_midway(path, row, e) from None
 
 
 def iter_rows(path: str) -> Iterator[dict | Dropped]:
-    """Raw rows of one input file (Parquet or JSONL), or `Dropped` for rows that do not parse."""
-    try:
-        if os.path.getsize(path) == 0:
-            raise InputError(f"{path}: empty file (0 bytes)")
-        with open(path, "rb"):
-            pass
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+    """Raw rows of one input file (Parquet or JSONL, local or URL), or `Dropped` for rows that do not parse.
+    Raises `InputError` at open or midway (see the module's docstring for the rows read before)."""
+    path = str(path)
+    _check_readable(path)
     if path.endswith(".parquet"):
         yield from _iter_parquet_rows(path)
     elif path.endswith(INPUT_SUFFIXES):
         yield from _iter_jsonl_rows(path)
     else:
         raise InputError(f"{path}: unknown input format (expected one of {', '.join(INPUT_SUFFIXES)})")
+
+
+def count_rows(path: str) -> int:
+    """Rows in an input file without parsing them: the Parquet footer (on a store: ranged reads of the
+    footer, not the file), or the non-blank lines of JSONL (streamed). Unreadable: `InputError`."""
+    path = str(path)
+    if path.endswith(".parquet"):
+        with _parquet_file(path) as pf:
+            return pf.metadata.num_rows
+    try:
+        with fsspec.open(path, "rb", compression="infer") as f:
+            return sum(1 for line in f if line.strip())
+    except Exception as e:  # noqa: BLE001 - as in reading
+        what, detail = _data_problem(e, path)
+        raise InputError(f"{path}: {what} ({detail})") from None
 
 
 def to_document(record: dict, path: str, row: int) -> dict | Dropped:
@@ -152,27 +296,40 @@ def iter_documents(path: str) -> Iterator[dict | Dropped]:
         yield record if isinstance(record, Dropped) else to_document(record, path, row)
 
 
-def iter_readable(files: list[str], on_error: Callable[[str, str, int], None] | None = None
+def iter_readable(files: list[str], on_error: Callable[[str, str, int], None] | None = None,
                   ) -> Iterator[tuple[str, int, dict | Dropped]]:
-    """(path, row, document or `Dropped`) of every file in order. A file that cannot be read, at its
-    start or midway, is passed to `on_error(path, one-line message, rows read)` (default: logged)
-    and the other files go on; the rows read before the error are kept."""
+    """(path, row, document or `Dropped`) of every input file in order. A file that fails, at open or
+    midway, is passed to `on_error(path, one_line_message, rows_read)` (default: logged as an error) and the
+    next file goes on; its rows yielded before the failure stay yielded (`rows_read` of them, counting
+    `Dropped` rows too)."""
     for path in files:
-        row = 0
+        rows_read = 0
         try:
-            for row, item in enumerate(iter_documents(path), start=1):
-                yield path, row - 1, item
+            for row, item in enumerate(iter_documents(path)):
+                rows_read = row + 1
+                yield path, row, item
         except InputError as e:
             if on_error is None:
-                logging.getLogger("curate").error(str(e))
+                log.error(str(e))
             else:
-                on_error(path, str(e), row)
+                on_error(path, str(e), rows_read)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
+    """Yield a temporary local path; only if the block succeeds does it become `path`, whole.
+
+    A local path (or `file://` URL): a temporary file beside it, renamed onto it. A URL: a local temporary
+    file, uploaded when the block is done (`curate.storage.upload`: the object appears only complete; a
+    writer killed before or during the upload leaves nothing under `path`)."""
+    local = local_path(path)
+    if local is None:
+        with tempfile.TemporaryDirectory(prefix="curate-upload-") as folder:
+            tmp = Path(folder) / PurePosixPath(str(path)).name
+            yield tmp
+            upload(tmp, str(path))
+        return
+    path = Path(local)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -206,14 +363,6 @@ def write_text(text: str, path: str | Path) -> None:
         tmp.write_text(text)
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_json(path: str | Path):
-    return json.loads(Path(path).read_text())
+    """A JSON file's value (a local path or a URL)."""
+    return json.loads(read_bytes(path))

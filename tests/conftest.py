@@ -8,6 +8,7 @@ import pytest
 
 from tests.slurm_cluster import slurm_cluster  # noqa: F401  (the real Slurm cluster fixture)
 from tests.llm_server import llama_server  # noqa: F401  (the real llama.cpp LLM server fixture)
+from tests.s3_server import s3_server  # noqa: F401  (the real S3-compatible server fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"

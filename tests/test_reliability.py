@@ -69,7 +69,7 @@ def no_text_column(path: Path):
 
 BAD_FILES = [
     ("truncated.parquet", truncated, "not a readable Parquet file"),
-    ("corrupt.parquet", corrupt_pages, "corrupt Parquet data after row 0"),
+    ("corrupt.parquet", corrupt_pages, "corrupt Parquet data after 0 rows"),
     ("empty.parquet", zero_bytes, "empty file (0 bytes)"),
     ("notext.parquet", no_text_column, "no 'text' column"),
 ]

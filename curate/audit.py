@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from curate.io import read_json
+from curate.io import count_rows, read_json
 from curate.layout import STATS_FILE, Layout, dataset_files
 from curate.schema import ID, REPEATS
 
@@ -38,16 +38,6 @@ class StageAudit:
     def check(self, what: str, left: int, right: int) -> None:
         if left != right:
             self.problems.append(f"{what}: {left} != {right}")
-
-
-def count_input_rows(path: str) -> int:
-    """Rows in an input file without parsing it: the Parquet footer, or JSONL lines."""
-    if path.endswith(".parquet"):
-        return pq.ParquetFile(path).metadata.num_rows
-    import fsspec
-
-    with fsspec.open(path, "rb", compression="infer") as f:
-        return sum(1 for line in f if line.strip())
 
 
 def parquet_rows(files) -> int:
@@ -78,7 +68,7 @@ def audit_score(layout: Layout) -> StageAudit:
     result = StageAudit("score")
     stats = read_json(layout.stats(STAGE))
     failed = {e["path"]: e.get("rows_read", 0) for e in file_errors(layout)}
-    rows_in = sum(count_input_rows(f) for f in stats["input_files"] if f not in failed) + sum(failed.values())
+    rows_in = sum(count_rows(f) for f in stats["input_files"] if f not in failed) + sum(failed.values())
     logs = datatrove_logs(layout)
     reader, ranks = _reader_stats(logs)
     written = parquet_rows(scored_shards(layout.scores_dir))
@@ -107,7 +97,7 @@ def audit_sample(layout: Layout) -> StageAudit:
     result.counts = {"input_files": len(stats["input_files"]), "failed_files": len(stats["file_errors"]),
                      "seen": stats["documents_in"], "out": len(ids), "requested": stats["requested"]}
     if not stats["file_errors"]:  # a file that failed midway was partly read: its row count says nothing
-        rows_in = sum(count_input_rows(f) for f in stats["input_files"])
+        rows_in = sum(count_rows(f) for f in stats["input_files"])
         result.check("rows in input files vs seen + dropped", rows_in, stats["documents_in"] + sum(result.dropped.values()))
     result.check("sample rows vs documents_out", len(ids), stats["documents_out"])
     result.check("distinct ids vs sample rows", len(set(ids)), len(ids))

@@ -156,14 +156,15 @@ def _cmd_score(args) -> int:
     from curate.score import check_model, score
 
     layout = Layout(args.out)
+    files = _inputs(args)
     model = Path(args.model) if args.model else layout.model_file
     check_model(model)
     cfg = model_from_options(ScoreConfig, args)
     if args.executor == "slurm":
         from curate.cluster import submit_score
 
-        return _print_submitted(submit_score(_inputs(args), model, layout, cfg, _site_settings(args)), args.out)
-    stats = score(_inputs(args), model, layout, cfg)
+        return _print_submitted(submit_score(files, model, layout, cfg, _site_settings(args)), args.out)
+    stats = score(files, model, layout, cfg)
     print(("skipped: scores are current in " if stats["skipped"] else "scores written to ") + str(layout.scores_dir))
     return _report_errors(stats["file_errors"])
 

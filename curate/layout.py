@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from curate.io import read_json, write_text
+from curate.storage import stamp
 
 STATS_FILE = "stats.json"
 MODEL_FILE, CARD_FILE, OOF_FILE = "model.bin", "card.json", "oof.parquet"
@@ -116,12 +116,9 @@ def is_current(path: Path, fingerprint: str) -> bool:
 
 
 def input_stamps(files: list[str]) -> list[tuple]:
-    """What identifies the input files without reading them: path, size and modification time."""
-    stamps = []
-    for f in files:
-        st = os.stat(f)
-        stamps.append((os.path.abspath(f), st.st_size, st.st_mtime_ns))
-    return stamps
+    """What identifies the input files without reading them: (path, size, modification time) of a
+    local file, (URL, size, ETag or version) of an object in a store."""
+    return [stamp(f) for f in files]
 
 
 def claim(folder: Path, fingerprint: str, clear) -> bool:

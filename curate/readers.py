@@ -9,19 +9,19 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers.base import BaseDiskReader
 from datatrove.utils.logging import logger
 
-from curate.io import Dropped, InputError, iter_documents, metadata_problem
+from curate.io import Dropped, InputError, count_rows, iter_documents, metadata_problem
 from curate.progress import Progress
 from curate.schema import ID, TEXT, URL
 
 
 def _row_count(path: str) -> int | None:
+    """Rows of a Parquet file from its footer (None for JSONL, or a file that cannot be read: it is
+    reported when it is read)."""
     if not path.endswith(".parquet"):
         return None
     try:
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is read
+        return count_rows(path)
+    except InputError:
         return None
 
 

@@ -29,7 +29,7 @@ def files(tmp_path_factory):
 
 CASES = {
     "run: missing job file": (["run", "{tmp}/missing.yaml"], "missing.yaml: cannot read job file"),
-    "run: job file not YAML": (["run", str(DOCS)], "not valid YAML"),
+    "run: job file not text": (["run", str(DOCS)], "not a job file (not UTF-8 text)"),
     "status: missing folder": (["status", "{tmp}/nowhere"], "nowhere: no such output folder"),
     "sample: missing input": (["sample", "{tmp}/nope.parquet", "--out", "{tmp}/o"], "nope.parquet: no such file"),
     "sample: bad choice of value": (["sample", str(DOCS), "--out", "{tmp}/o", "--n", "many"], "--n"),

@@ -226,7 +226,7 @@ def test_missing_bucket_gives_one_line_naming_the_url(s3_server, tmp_path):
     result = run_curate("score", url, "--model", tmp_path / "model.bin", "--out", tmp_path / "scores", timeout=120)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     expected = f"error: {url}: no such bucket (The specified bucket does not exist)"
-    assert result.returncode == 1 and errors == [expected], result.stderr[-2000:]
+    assert result.returncode == 2 and errors == [expected], result.stderr[-2000:]
 
 
 def test_no_credentials_at_all_is_one_line_from_the_cli(inputs, tmp_path):
@@ -237,7 +237,7 @@ def test_no_credentials_at_all_is_one_line_from_the_cli(inputs, tmp_path):
     result = run_curate("score", url, "--model", tmp_path / "model.bin", "--out", tmp_path / "scores", env=env,
                         timeout=120)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode == 1 and len(errors) == 1, result.stderr[-2000:]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
     assert errors[0].startswith(f"error: {url}: no credentials found") and "AWS_ACCESS_KEY_ID" in errors[0]
 
 

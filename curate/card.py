@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import yaml
 
-from curate.io import read_json
-from curate.layout import DATA_DIR, Layout
+from curate.io import read_json, write_text
+from curate.layout import DATA_DIR, DATASET_CARD, STATS_FILE, Layout
 from curate.schema import BEHAVIORS, CONTAMINATION, MIX_SCHEMA, NEAR_DUPLICATE
 
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -69,8 +69,69 @@ def metadata_block(name: str, stats: dict) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
 
 
-def dataset_card(name: str, stats: dict, layout: Layout) -> str:
-    """Markdown card of a mix: metadata block, what it is, how it was made, its numbers, how to load it."""
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def shares_table(mixes: dict[str, dict]) -> str:
+    """Expected share of tokens showing each behavior: corpus, then each mix (with its enrichment)."""
+    first = next(iter(mixes.values()))["expected_behavior_share"]
+    head = "| behavior | scored corpus | " + " | ".join(mixes) + " |\n|---|---|" + "---|" * len(mixes)
+    rows = []
+    for b in BEHAVIORS:
+        cells = [f"{_pct(s['expected_behavior_share'][b]['mix'])} (×{s['expected_behavior_share'][b]['enrichment']:.2f})"
+                 if s["expected_behavior_share"][b]["enrichment"] is not None else "n/a" for s in mixes.values()]
+        rows.append(f"| {b} | {_pct(first[b]['corpus'])} | " + " | ".join(cells) + " |")
+    return head + "\n" + "\n".join(rows)
+
+
+def methods_table(methods: dict) -> str:
+    """Expected enrichment of each mixing method at the same budget, on the run's scores."""
+    if not methods:
+        return "No token budget: methods were not compared."
+    head = "| method | documents | tokens | " + " | ".join(BEHAVIORS) + " |\n|---|---|---|" + "---|" * len(BEHAVIORS)
+    rows = [f"| {name} | {m['documents']:,} | {m['tokens']:,} | "
+            + " | ".join("n/a" if m["enrichment"][b] is None else f"×{m['enrichment'][b]:.2f}" for b in BEHAVIORS)
+            + " |" for name, m in methods.items()]
+    return head + "\n" + "\n".join(rows)
+
+
+def _control_section(stats: dict) -> str:
+    match = stats["matching"]
+    hosts = "\n".join(f"| {h} | {s['mix']:.1f}% | {s['control']:.1f}% |" for h, s in match["host_share_percent"].items())
+    deciles = " / ".join(f"{m:,.0f}→{c:,.0f}" for m, c in zip(match["length_deciles"]["mix"],
+                                                               match["length_deciles"]["control"]))
+    return f"""## Matching
+The lowest-scoring documents not in the main mix, matched to it per url host and token-length decile
+(same token count). Host token shares within 5 percentage points: **{'yes' if match['hosts_within_5pp'] else 'no'}**
+(largest gap {match['max_host_gap_pp']:.1f} pp); token-length deciles within 10%:
+**{'yes' if match['deciles_within_10pct'] else 'no'}** (largest gap {100 * match['max_decile_gap']:.1f}%;
+mix→control: {deciles}). Documents in both: {match['shared_documents']}.
+
+| host | mix | control |
+|---|---|---|
+{hosts}
+"""
+
+
+def write_cards(layout: Layout) -> list[str]:
+    """(Re)write the card of each mix of an output folder (the main mix and its control state both
+    mixes' expected behavior shares side by side); return the cards written."""
+    mixes = {kind: read_json(layout.mix_dir(kind) / STATS_FILE) for kind in ("mix", "control")
+             if (layout.mix_dir(kind) / STATS_FILE).exists()}
+    written = []
+    for kind, stats in mixes.items():
+        path = layout.mix_dir(kind) / DATASET_CARD
+        write_text(dataset_card(stats.get("name") or layout.root.resolve().name, stats, layout, mixes), path)
+        written.append(str(path))
+    return written
+
+
+def dataset_card(name: str, stats: dict, layout: Layout, mixes: dict[str, dict] | None = None) -> str:
+    """Markdown card of a mix: metadata block, what it is, how it was made, its numbers, the expected
+    behavior shares (of `mixes`, side by side), how to load it."""
+    mixes = mixes or {stats.get("kind", "mix"): stats}
+    control = stats.get("kind") == "control"
     classifier_card = _optional_json(layout.card_file)
     tokens = _optional_json(layout.logs("score") / "tokens.json")
     filters = _optional_json(layout.stats("filters"))
@@ -101,13 +162,34 @@ def dataset_card(name: str, stats: dict, layout: Layout) -> str:
         classifier = (f"One fastText model, one-vs-all over the four behaviors, trained on {classifier_card['n_train']} "
                       f"labeled documents. Figures below: {classifier_card['metrics_on']}.\n\n"
                       f"| behavior | ROC-AUC | F1 | threshold |\n|---|---|---|---|\n{auc_rows}")
+    what = ("The matched control of a reasoning-behavior mix: documents the classifier scores lowest on four\n"
+            "reasoning behaviors (verification, backtracking, subgoal setting, backward chaining), matched to\n"
+            "the main mix on url host and length, with the same token count." if control else
+            "Continued-pretraining data reweighted towards documents that show four reasoning behaviors\n"
+            "(verification, backtracking, subgoal setting, backward chaining), scored by a distilled fastText\n"
+            "classifier.")
+    method_line = ("matched control (lowest behavior_score first, per host and length band; max repeats "
+                   f"{method['max_repeats']})" if control else
+                   f"`{method['method']}` (threshold {method['threshold']}, max repeats {method['max_repeats']}, "
+                   f"temperature {method['temperature']})")
+    extra = _control_section(stats) if control else f"""## Methods compared
+Expected enrichment (expected share of tokens showing the behavior in the mix ÷ in the scored
+corpus) of each method at this budget, on this run's scores:
+
+{methods_table(stats.get("methods", {}))}
+"""
     return f"""{metadata_block(name, stats)}
-# {name}: a reasoning-behavior mix made by curate
+# {name}: {'a matched control' if control else 'a reasoning-behavior mix'} made by curate
 
-Continued-pretraining data reweighted towards documents that show four reasoning behaviors
-(verification, backtracking, subgoal setting, backward chaining), scored by a distilled fastText
-classifier.
+{what}
 
+## Expected behavior share
+Share of tokens expected to show each behavior (Σ tokens × calibrated probability ÷ Σ tokens), and
+the enrichment over the scored corpus:
+
+{shares_table(mixes)}
+
+{extra}
 ## Numbers
 | | |
 |---|---|
@@ -116,7 +198,7 @@ classifier.
 | tokens scored | {stats['tokens_in']:,} |
 | tokens in the mix | {stats['tokens_out']:,} |
 | token budget | {budget} (off by {budget_error}) |
-| method | `{method['method']}` (threshold {method['threshold']}, max repeats {method['max_repeats']}, temperature {method['temperature']}) |
+| method | {method_line} |
 | shards | {len(stats['shards'])} in `{DATA_DIR}/`, at most {method['shard_rows']:,} rows each{', copies materialized and shuffled' if stats['materialized'] else ''} |
 | token counts | {counting} |
 

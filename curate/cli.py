@@ -177,11 +177,19 @@ def _cmd_mix(args) -> int:
     exclude = None if args.no_filters else current_drops(layout)
     if exclude is not None:
         print(f"leaving out the {len(exclude)} documents dropped by the filters in {layout.drops_file}")
-    stats = mix(_inputs(args), layout, model_from_options(MixConfig, args), seed=args.seed, exclude=exclude,
-                name=args.name)
+    files, cfg = _inputs(args), model_from_options(MixConfig, args)
+    stats = mix(files, layout, cfg, seed=args.seed, exclude=exclude, name=args.name)
     print(f"{stats['documents_out']} documents, {stats['tokens_out']:,} tokens in {len(stats['shards'])} shards "
           f"in {layout.mix_dir()} (card: {layout.mix_dir() / 'README.md'})")
-    return _report_errors(stats["input_file_errors"])
+    errors = stats["input_file_errors"]
+    if cfg.control:
+        from curate.control import control
+
+        matched = control(files, layout, cfg, seed=args.seed, exclude=exclude, name=args.name)
+        print(f"control: {matched['documents_out']} documents, {matched['tokens_out']:,} tokens in "
+              f"{layout.mix_dir('control')}; largest host share gap {matched['matching']['max_host_gap_pp']:.1f} pp, "
+              f"length decile gap {100 * matched['matching']['max_decile_gap']:.1f}%")
+    return _report_errors(errors)
 
 
 def _cmd_filter(args) -> int:

@@ -78,13 +78,17 @@ class ScoreConfig(_Section):
 
 
 class MixConfig(_Section):
-    method: Literal["threshold", "top_k", "proportional"] = "proportional"
+    method: Literal["threshold", "top_k", "proportional"] = Field(
+        "top_k", description="how copies are chosen: 'top_k' (highest scores, one copy each; the default: the most "
+        "enrichment without repeating documents), 'proportional' (copies ~ score), 'threshold'")
     token_budget: int | None = Field(None, ge=1)
     threshold: float = Field(0.5, ge=0, le=1)
     max_repeats: int = Field(4, ge=1)
     temperature: float = Field(1.0, gt=0)
     shard_rows: int = Field(50_000, ge=1, description="rows per output shard at most")
     materialize: bool = Field(False, description="write each repeat as its own row, shuffled")
+    control: bool = Field(False, description="also write a matched control (OUT/control): the lowest-scoring "
+                                             "documents, same tokens, matched on url host and length")
 
 
 class SampleConfig(_Section):

@@ -24,12 +24,12 @@ import pyarrow.parquet as pq
 
 from curate.config import MixConfig
 from curate.executors import DaskCluster
-from curate.io import Dropped, atomic_path, iter_readable, read_json, write_json, write_text
-from curate.layout import DATA_DIR, DATASET_CARD, STATS_FILE, Layout
+from curate.io import Dropped, atomic_path, iter_readable, read_json, write_json
+from curate.layout import DATA_DIR, STATS_FILE, Layout
 from curate.progress import Progress
 from curate.score import STAGE as SCORE_STAGE, load_scores
 from curate.schema import (
-    BEHAVIOR_SCORE, ID, MIX_SCHEMA, N_TOKENS, REPEATS, SCORE_COLUMNS, TEXT, URL, WEIGHT,
+    BEHAVIOR_SCORE, ID, MIX_SCHEMA, N_TOKENS, PROB_COLUMNS, REPEATS, SCORE_COLUMNS, TEXT, URL, WEIGHT,
 )
 
 BUDGET_TOLERANCE = 0.001  # the fill stops once within 0.1% below the budget
@@ -225,6 +225,99 @@ def unscored_inputs(files: list[str], layout: Layout) -> list[str]:
     return [f for f in files if f not in scored]
 
 
+class Eligible:
+    """The scored documents a mix may take: the first row of each id, minus those the filters exclude
+    (counted by reason)."""
+
+    def __init__(self, table: pa.Table, exclude: dict[str, str] | None):
+        self.table = table
+        self.ids = table.column(ID).to_pylist()
+        first: dict[str, int] = {}
+        for i, doc_id in enumerate(self.ids):
+            first.setdefault(doc_id, i)
+        self.unique = np.zeros(len(self.ids), dtype=bool)
+        self.unique[list(first.values())] = True
+        exclude = exclude or {}
+        self.excluded = np.array([doc_id in exclude for doc_id in self.ids], dtype=bool)
+        self.rows = np.flatnonzero(self.unique & ~self.excluded)
+        self.dropped = {"duplicate_id": int((~self.unique).sum()), **{r: 0 for r in sorted(set(exclude.values()))}}
+        for i in np.flatnonzero(self.unique & self.excluded):
+            self.dropped[exclude[self.ids[i]]] += 1
+
+    def column(self, name: str) -> np.ndarray:
+        return self.table.column(name).to_numpy()
+
+    def dropped_with(self, repeats: np.ndarray) -> dict[str, int]:
+        """Documents left out, by reason, for a choice of copies."""
+        return {**self.dropped, "not_selected": int(((repeats == 0) & self.unique & ~self.excluded).sum())}
+
+
+def write_dataset(files: list[str], eligible: Eligible, repeats: np.ndarray, weights: np.ndarray, out_dir: Path,
+                  cfg: MixConfig, seed: int, extra: dict) -> dict:
+    """Write a mix folder (`data/` shards joined with the text, `stats.json`) for a choice of copies;
+    return its stats."""
+    chosen = np.flatnonzero(repeats)
+    selected = {
+        row[ID]: {**row, WEIGHT: float(weights[i]), REPEATS: int(repeats[i])}
+        for i, row in zip(chosen, eligible.table.select([ID, *SCORE_COLUMNS, N_TOKENS]).take(chosen).to_pylist())
+    }
+    written = write_mix(files, selected, out_dir / DATA_DIR, cfg, seed)
+    stats = mix_stats(eligible.table, repeats, cfg, eligible.dropped_with(repeats))
+    stats.update(written)
+    stats["materialized"] = cfg.materialize
+    stats["expected_behavior_share"] = expected_shares(eligible, repeats)
+    stats.update(extra)
+    write_json(stats, out_dir / STATS_FILE)
+    return stats
+
+
+def expected_shares(eligible: Eligible, repeats: np.ndarray) -> dict:
+    """Per behavior, the share of tokens expected to show it (sum of tokens x probability over sum of
+    tokens, from the classifier's calibrated probabilities), in the eligible corpus and in the mix,
+    and their ratio (the enrichment)."""
+    tokens = eligible.column(N_TOKENS).astype(np.float64)
+    corpus = np.zeros(len(tokens))
+    corpus[eligible.rows] = tokens[eligible.rows]
+    mixed = tokens * repeats
+    shares = {}
+    for col in PROB_COLUMNS:
+        p = eligible.column(col).astype(np.float64)
+        before = float((corpus * p).sum() / corpus.sum()) if corpus.sum() else None
+        after = float((mixed * p).sum() / mixed.sum()) if mixed.sum() else None
+        shares[col.removeprefix("p_")] = {"corpus": before, "mix": after,
+                                          "enrichment": after / before if before and after is not None else None}
+    return shares
+
+
+def check_inputs_scored(files: list[str], layout: Layout) -> None:
+    """Refuse inputs the score stage of `layout` did not score (naming how many and one of them)."""
+    unscored = unscored_inputs(files, layout)
+    if unscored:
+        raise MixError(f"{len(unscored)} of {len(files)} input files were not scored in {layout.scores_dir} "
+                       f"(e.g. {unscored[0]}): score them first, or give the inputs that were scored")
+
+
+def method_comparison(eligible: Eligible, cfg: MixConfig, seed: int) -> dict:
+    """Expected enrichment per behavior of each mixing method at this mix's token budget, on the
+    run's own scores (what the card shows to choose a method by)."""
+    if cfg.token_budget is None:
+        return {}
+    ids = [eligible.ids[i] for i in eligible.rows]
+    scores, tokens = eligible.column(BEHAVIOR_SCORE)[eligible.rows], eligible.column(N_TOKENS)[eligible.rows]
+    variants = {"top_k": {"method": "top_k"}, "threshold": {"method": "threshold"},
+                "proportional (temperature 1)": {"method": "proportional", "temperature": 1.0},
+                "proportional (temperature 0.25)": {"method": "proportional", "temperature": 0.25}}
+    result = {}
+    for name, change in variants.items():
+        repeats = np.zeros(len(eligible.ids), dtype=np.int64)
+        repeats[eligible.rows], _ = choose_repeats(ids, scores, tokens, cfg.model_copy(update=change), seed)
+        shares = expected_shares(eligible, repeats)
+        result[name] = {"tokens": int((repeats * eligible.column(N_TOKENS)).sum()),
+                        "documents": int((repeats > 0).sum()),
+                        "enrichment": {b: s["enrichment"] for b, s in shares.items()}}
+    return result
+
+
 def mix(files: list[str], layout: Layout, cfg: MixConfig, seed: int = 0, fingerprint: str | None = None,
         dask_cluster: DaskCluster | None = None, exclude: dict[str, str] | None = None, name: str | None = None
         ) -> dict:
@@ -234,43 +327,16 @@ def mix(files: list[str], layout: Layout, cfg: MixConfig, seed: int = 0, fingerp
     `files` must be the inputs the score stage scored (text is joined back from them by id).
     `exclude` maps ids to keep out of the mix to a reason (e.g. the filter stage's `near_duplicate`,
     `contamination`); they take no budget and are counted under `dropped[reason]`."""
-    from curate.card import dataset_card
+    from curate.card import write_cards
 
-    unscored = unscored_inputs(files, layout)
-    if unscored:
-        raise MixError(f"{len(unscored)} of {len(files)} input files were not scored in {layout.scores_dir} "
-                       f"(e.g. {unscored[0]}): score them first, or give the inputs that were scored")
-    out_dir = layout.mix_dir()
-    table = load_scores(layout.scores_dir, dask_cluster)
-    ids = table.column(ID).to_pylist()
-    first = {}
-    for i, doc_id in enumerate(ids):
-        first.setdefault(doc_id, i)
-    unique = np.zeros(len(ids), dtype=bool)
-    unique[list(first.values())] = True
-    scores = table.column(BEHAVIOR_SCORE).to_numpy()
-    tokens = table.column(N_TOKENS).to_numpy()
-    exclude = exclude or {}
-    excluded = np.array([doc_id in exclude for doc_id in ids], dtype=bool)
-    eligible = np.flatnonzero(unique & ~excluded)
-    repeats, weights = np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids))
-    repeats[eligible], weights[eligible] = choose_repeats([ids[i] for i in eligible], scores[eligible],
-                                                          tokens[eligible], cfg, seed)
-    dropped = {"duplicate_id": int((~unique).sum()),
-               **{reason: 0 for reason in sorted(set(exclude.values()))},
-               "not_selected": int(((repeats == 0) & unique & ~excluded).sum())}
-    for i in np.flatnonzero(unique & excluded):
-        dropped[exclude[ids[i]]] += 1
-    chosen = np.flatnonzero(repeats)
-    selected = {
-        row[ID]: {**row, WEIGHT: float(weights[i]), REPEATS: int(repeats[i])}
-        for i, row in zip(chosen, table.select([ID, *SCORE_COLUMNS, N_TOKENS]).take(chosen).to_pylist())
-    }
-    written = write_mix(files, selected, out_dir / DATA_DIR, cfg, seed)
-    stats = mix_stats(table, repeats, cfg, dropped)
-    stats.update(written)
-    stats["materialized"] = cfg.materialize
-    stats["fingerprint"] = fingerprint
-    write_json(stats, out_dir / STATS_FILE)
-    write_text(dataset_card(name or layout.root.name, stats, layout), out_dir / DATASET_CARD)
+    check_inputs_scored(files, layout)
+    eligible = Eligible(load_scores(layout.scores_dir, dask_cluster), exclude)
+    repeats, weights = np.zeros(len(eligible.ids), dtype=np.int64), np.zeros(len(eligible.ids))
+    rows = eligible.rows
+    repeats[rows], weights[rows] = choose_repeats([eligible.ids[i] for i in rows], eligible.column(BEHAVIOR_SCORE)[rows],
+                                                  eligible.column(N_TOKENS)[rows], cfg, seed)
+    stats = write_dataset(files, eligible, repeats, weights, layout.mix_dir(), cfg, seed,
+                          {"kind": "mix", "name": name or layout.root.resolve().name, "fingerprint": fingerprint,
+                           "methods": method_comparison(eligible, cfg, seed)})
+    write_cards(layout)
     return stats

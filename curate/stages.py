@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from curate import audit as audit_stage
+from curate import control as control_stage
 from curate import filters as filters_stage
 from curate import label as label_stage
 from curate import mix as mix_stage
@@ -199,8 +200,8 @@ def _run_filters(ctx: Context, fingerprint: str) -> StageResult:
 # --- mix ---------------------------------------------------------------------------------------
 
 def _mix_fingerprint(ctx: Context) -> str:
-    return fingerprint_of(ctx.fingerprint("score"), ctx.job.mix.model_dump(), ctx.job.seed, ctx.job.name,
-                          ctx.fingerprint("filters"))
+    return fingerprint_of(ctx.fingerprint("score"), ctx.job.mix.model_dump(exclude={"control"}), ctx.job.seed,
+                          ctx.job.name, ctx.fingerprint("filters"))
 
 
 def _run_mix(ctx: Context, fingerprint: str) -> StageResult:
@@ -211,6 +212,23 @@ def _run_mix(ctx: Context, fingerprint: str) -> StageResult:
     return StageResult("mix", True, f"{stats['documents_out']} documents, {stats['tokens_out']:,} tokens in "
                        f"{ctx.layout.mix_dir()}", stats["documents_in"], stats["documents_out"], stats["dropped"],
                        stats["input_file_errors"], stats)
+
+
+def _run_control(ctx: Context, fingerprint: str) -> StageResult:
+    job = ctx.job
+    exclude = filters_stage.read_drops(ctx.layout) if _has_filters(job) else None
+    stats = control_stage.control(ctx.files, ctx.layout, job.mix, seed=job.seed, fingerprint=fingerprint,
+                                  dask_cluster=dask_cluster(job), exclude=exclude, name=job.name)
+    match = stats["matching"]
+    return StageResult("control", True, f"{stats['documents_out']} documents, {stats['tokens_out']:,} tokens in "
+                       f"{ctx.layout.mix_dir('control')} (host gap {match['max_host_gap_pp']:.1f} pp, length decile gap "
+                       f"{100 * match['max_decile_gap']:.1f}%)", stats["documents_in"], stats["documents_out"],
+                       stats["dropped"], stats["input_file_errors"], stats)
+
+
+def _audit_control(layout: Layout, done: dict) -> audit_stage.StageAudit:
+    score = done.get("score")
+    return audit_stage.audit_mix(layout.mix_dir("control"), score.counts["out"] if score else None)
 
 
 def dask_cluster(job: Job) -> DaskCluster:
@@ -233,7 +251,7 @@ def _audit_mix(layout: Layout, done: dict) -> audit_stage.StageAudit:
 # --- report ------------------------------------------------------------------------------------
 
 def _report_fingerprint(ctx: Context) -> str:
-    return fingerprint_of(ctx.fingerprint("mix"), ctx.fingerprint("train"))
+    return fingerprint_of(ctx.fingerprint("mix"), ctx.fingerprint("control"), ctx.fingerprint("train"))
 
 
 def _run_report(ctx: Context, fingerprint: str) -> StageResult:
@@ -258,6 +276,9 @@ STAGES: list[Stage] = [
           lambda lay: [lay.drops_file], _run_filters),
     Stage("mix", "finish", _always, _mix_fingerprint, lambda lay: lay.mix_dir() / "stats.json",
           lambda lay: [lay.mix_dir() / "README.md"], _run_mix, _audit_mix),
+    Stage("control", "finish", lambda job: job.mix.control,
+          lambda ctx: fingerprint_of(ctx.fingerprint("mix"), "control"), lambda lay: lay.mix_dir("control") / "stats.json",
+          lambda lay: [lay.mix_dir("control") / "README.md"], _run_control, _audit_control),
     Stage("report", "finish", _always, _report_fingerprint, lambda lay: lay.stats("report"),
           lambda lay: [lay.report_dir / report_stage.INDEX_FILE], _run_report),
 ]

@@ -181,6 +181,11 @@ def _cmd_sample(args) -> int:
 def _cmd_label(args) -> int:
     from curate.label import LabelingStopped, label
 
+    if args.dry_run:
+        from curate.label import dry_run
+
+        print(dry_run(args.sample, args.out, model_from_options(LabelConfig, args)))
+        return 0
     if args.executor == "slurm":
         from curate.cluster import submit_label
 
@@ -197,6 +202,9 @@ def _cmd_label(args) -> int:
     print(f"{stats['documents']} documents, {stats['documents_labeled']} fully labeled, parse failures "
           f"{stats['parse_failure_rate']:.1%}, {stats['prompt_tokens_per_document']:.0f} prompt tokens/document; "
           f"this run {run['documents']} documents in {run['seconds']:.1f}s; labels in {args.out}")
+    if stats["quotes"]["returned"]:
+        print(f"quotes: {stats['quotes']['kept']} kept as evidence, {stats['quotes']['invented']} of "
+              f"{stats['quotes']['returned']} invented (not in the document)")
     return 0
 
 
@@ -273,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sample", help="sample Parquet file (from `curate sample`)")
     p.add_argument("--out", required=True, help="output folder for labels.parquet, label_stats.json, checkpoints")
     add_model_options(p, LabelConfig)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the `vllm serve` command line and the first document's request; start nothing")
     _add_executor(p)
     p.set_defaults(func=_cmd_label)
 

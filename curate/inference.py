@@ -318,6 +318,12 @@ class Endpoint(_ReadyFirst, EndpointServer):
     def describe(self) -> str:
         return self.problem or f"{self.endpoint_url}: the server is not available"
 
+    async def _make_request(self, payload: dict) -> dict:
+        if self.client is not None:  # the OpenAI client takes only OpenAI's keywords: the rest goes as extra_body
+            body = {k: v for k, v in payload.items() if k not in ("model", "messages")}
+            payload = {"model": payload["model"], "messages": payload["messages"], "extra_body": body}
+        return await super()._make_request(payload)
+
     async def _wait_until_ready(self, max_attempts: int = 1, delay_sec: float = 1.0) -> None:
         url = f"{self.endpoint_url}/v1/models"
         definitive = 0

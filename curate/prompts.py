@@ -224,7 +224,8 @@ def parse_counts(text: str | None) -> tuple[dict[str, int | None], str | None]:
 
 
 def find_quote(quote: str, document: str) -> str | None:
-    """The document's own text of `quote`, found with whitespace runs folded and case ignored, also when
+    """The document's own text of `quote`, found with whitespace runs folded and case ignored (re's simple
+    case folding: a letter whose upper case is two letters, as "ŉ", must match as written), also when
     the model copied a LaTeX command into JSON unescaped (`\\frac` read back as form feed + "rac"); None
     when the document does not hold it."""
     for candidate in dict.fromkeys((quote, quote.translate(_JSON_ESCAPES))):

@@ -3,8 +3,9 @@
 Two layouts:
 - `counts` (default): one request per document; the instruction (all four behaviors) comes first
   and the document last, so a server's prefix cache shares the instruction; the answer is a JSON
-  object holding, per behavior, up to `max_quotes` short verbatim quotes (one per instance) and the
-  count, constrained by a JSON schema where the server supports it (`max_quotes: 0`: counts only).
+  object with the four counts and then, under `quotes`, per counted behavior up to `max_quotes` short
+  verbatim quotes (one per instance), constrained by a JSON schema where the server supports it
+  (`max_quotes: 0`: counts only).
 - `paper`: the seed paper's layout, one request per behavior, each answered with `<count>N</count>`.
 
 A quote is kept only when it occurs in the text the labeler saw (whitespace runs folded, case ignored,
@@ -49,26 +50,27 @@ _COUNTS_INTRO = (
 
 def counts_instruction(max_quotes: int) -> str:
     """The `counts` layout's instruction (the document follows it)."""
+    example = {b: 0 for b in BEHAVIORS}
     if not max_quotes:
-        example = {b: 0 for b in BEHAVIORS}
         return _COUNTS_INTRO + f"Answer with only a JSON object, e.g. {json.dumps(example)}.\n\nText:\n"
-    example = {b: {"quotes": [], "count": 0} for b in BEHAVIORS}
     return _COUNTS_INTRO + (
-        f"For each behavior, first list up to {max_quotes} quotes, one per instance: a few words copied exactly "
-        f"from the text where the author does it; then give its count. Answer with only a JSON object, e.g. "
-        f"{json.dumps(example)} for a text without any.\n\nText:\n")
+        f"Then, under \"quotes\", give for each behavior you counted up to {max_quotes} quotes, one per instance: a "
+        f"few words copied exactly from the text where the author does it. Answer with only a JSON object, e.g. "
+        f"{json.dumps({**example, 'quotes': {}})} for a text without any.\n\nText:\n")
 
 
 def counts_schema(max_quotes: int) -> dict:
-    """The JSON schema of a `counts` answer: per behavior an integer count, or quotes then the count."""
-    count = {"type": "integer", "minimum": 0}
+    """The JSON schema of a `counts` answer: the four integer counts first (an answer cut short by
+    max_tokens keeps them), then `quotes`: per counted behavior at most `max_quotes` short strings."""
+    schema = {"type": "object", "properties": {b: {"type": "integer", "minimum": 0} for b in BEHAVIORS},
+              "required": list(BEHAVIORS), "additionalProperties": False}
     if max_quotes:
         quotes = {"type": "array", "maxItems": max_quotes,
                   "items": {"type": "string", "minLength": MIN_QUOTE_CHARS, "maxLength": MAX_QUOTE_CHARS}}
-        count = {"type": "object", "properties": {"quotes": quotes, "count": count},
-                 "required": ["quotes", "count"], "additionalProperties": False}
-    return {"type": "object", "properties": {b: count for b in BEHAVIORS}, "required": list(BEHAVIORS),
-            "additionalProperties": False}
+        schema["properties"]["quotes"] = {"type": "object", "properties": {b: quotes for b in BEHAVIORS},
+                                          "additionalProperties": False}
+        schema["required"].append("quotes")
+    return schema
 
 
 _PAPER_EXAMPLES = {
@@ -142,8 +144,6 @@ def build_requests(document: str, layout: str, structured_output: str = "none",
 
 _COUNT_TAG = re.compile(r"<count>\s*(-?\d+)\s*</count>", re.IGNORECASE)
 _KEY_VALUE = {b: re.compile(rf"[\"']?{b}[\"']?\s*[:=]\s*[\"']?(-?\d+)(?![\d.])", re.IGNORECASE) for b in BEHAVIORS}
-_NESTED_KEY = {b: re.compile(rf"[\"']{b}[\"']\s*:\s*\{{") for b in BEHAVIORS}
-_NESTED_COUNT = re.compile(r"[\"']count[\"']\s*:\s*(\d+)(?![\d.])")
 _JSON_ESCAPES = str.maketrans({"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
@@ -155,8 +155,6 @@ class ParsedAnswer(NamedTuple):
 
 
 def _as_count(value) -> int | None:
-    if isinstance(value, dict):  # {"quotes": [...], "count": N}
-        value = value.get("count")
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -179,16 +177,6 @@ def _json_objects(text: str):
             yield obj
 
 
-def _nested_count(text: str, behavior: str) -> int | None:
-    """`"count": N` inside `"behavior": {...}` of an answer that is not valid JSON (e.g. cut by max_tokens)."""
-    start = _NESTED_KEY[behavior].search(text)
-    if start is None:
-        return None
-    ends = [m.start() for m in (k.search(text, start.end()) for k in _NESTED_KEY.values()) if m]
-    found = _NESTED_COUNT.search(text, start.end(), min(ends, default=len(text)))
-    return int(found.group(1)) if found else None
-
-
 def _read_counts(text: str) -> tuple[dict[str, int | None], dict]:
     """Counts, and the JSON object they came from ({} when read from loose `behavior: N` pairs)."""
     counts: dict[str, int | None] = dict.fromkeys(BEHAVIORS)
@@ -201,8 +189,6 @@ def _read_counts(text: str) -> tuple[dict[str, int | None], dict]:
     for b in BEHAVIORS:
         if counts[b] is None and (m := _KEY_VALUE[b].search(text)) and int(m.group(1)) >= 0:
             counts[b] = int(m.group(1))
-        if counts[b] is None:
-            counts[b] = _nested_count(text, b)
     return counts, source
 
 
@@ -214,9 +200,8 @@ def _missing(counts: dict) -> str | None:
 def parse_counts(text: str | None) -> tuple[dict[str, int | None], str | None]:
     """Counts of all four behaviors from a `counts` answer, and an error when some are missing.
 
-    Accepts a JSON object anywhere in the text (also inside code fences or after prose), a behavior's
-    value an integer or `{"quotes": [...], "count": N}`, and, failing that, `behavior: N` pairs or
-    `"count": N` inside a behavior's object cut short. Never raises and never invents a count: what it
+    Accepts a JSON object anywhere in the text (also inside code fences or after prose) and, failing
+    that, `behavior: N` pairs (an answer cut short). Never raises and never invents a count: what it
     cannot read is None.
     """
     counts, _ = _read_counts(text or "")
@@ -260,9 +245,9 @@ def parse_answer(text: str | None, document: str, max_quotes: int) -> ParsedAnsw
     counts, source = _read_counts(text or "")
     evidence: dict[str, list[str]] = {b: [] for b in BEHAVIORS}
     checks: Counter = Counter()
+    by_behavior = source.get("quotes") if isinstance(source.get("quotes"), dict) else {}
     for b in BEHAVIORS:
-        entry = source.get(b)
-        quotes = entry.get("quotes") if isinstance(entry, dict) else None
+        quotes = by_behavior.get(b)
         for quote in quotes if isinstance(quotes, list) else []:
             checks[_check_quote(quote, document, counts[b], evidence[b], max_quotes)] += 1
     return ParsedAnswer(counts, _missing(counts), evidence, checks)

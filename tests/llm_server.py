@@ -116,8 +116,8 @@ def _add_quotes(answer: bytes, document: str) -> bytes:
     message = completion["choices"][0]["message"]
     content = json.loads(message["content"])
     first = next(iter(content))
-    entry = content[first] if isinstance(content[first], dict) else {"count": content[first]}
-    content[first] = {"quotes": [document[:30].upper(), INVENTED_QUOTE], "count": max(entry.get("count") or 0, 1)}
+    content[first] = max(content[first], 1)
+    content["quotes"] = {first: [document[:30].upper(), INVENTED_QUOTE]}
     message["content"] = json.dumps(content)
     return json.dumps(completion).encode()
 

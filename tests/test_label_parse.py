@@ -92,11 +92,12 @@ def test_one_request_layout_puts_the_instruction_first_and_the_document_last():
     assert payload["messages"][0]["content"] == counts_instruction(3) and payload["messages"][-1]["content"] == "DOC TEXT"
     assert "up to 3 quotes" in counts_instruction(3) and "quotes" not in counts_instruction(0)
     schema = payload["response_format"]["schema"]
-    assert payload["response_format"]["type"] == "json_object" and set(schema["required"]) == set(BEHAVIORS)
-    for b in BEHAVIORS:  # quotes first (one per instance, at most 3), then the count
-        assert schema["properties"][b]["required"] == ["quotes", "count"]
-        assert schema["properties"][b]["properties"]["quotes"]["maxItems"] == 3
-    assert counts_schema(0)["properties"][BEHAVIORS[0]] == {"type": "integer", "minimum": 0}
+    assert payload["response_format"]["type"] == "json_object" and schema["required"] == [*BEHAVIORS, "quotes"]
+    assert list(schema["properties"]) == [*BEHAVIORS, "quotes"]  # the counts first: an answer cut short keeps them
+    for b in BEHAVIORS:  # per behavior at most 3 quotes (one per instance)
+        assert schema["properties"][b] == {"type": "integer", "minimum": 0}
+        assert schema["properties"]["quotes"]["properties"][b]["maxItems"] == 3
+    assert list(counts_schema(0)["properties"]) == list(BEHAVIORS)
 
 
 def test_paper_layout_asks_once_per_behavior_with_count_tags():
@@ -109,7 +110,7 @@ def test_paper_layout_asks_once_per_behavior_with_count_tags():
 
 
 def test_structured_output_forms():
-    assert response_format("json_schema", counts_schema(3))["json_schema"]["schema"]["required"] == list(BEHAVIORS)
+    assert response_format("json_schema", counts_schema(3))["json_schema"]["schema"]["required"] == [*BEHAVIORS, "quotes"]
     assert response_format("json_object", counts_schema(3))["type"] == "json_object"
     assert response_format("none", counts_schema(3)) is None
 
@@ -144,20 +145,22 @@ DOC = "We want x. First we find the speed; then the time.\nLet's check:  3 * 4 =
 
 
 def _answer(**entries) -> str:
-    return json.dumps({b: entries.get(b, {"quotes": [], "count": 0}) for b in BEHAVIORS})
+    """A counts answer: behavior=(count, [quotes])."""
+    entries = {b: entries.get(b, (0, [])) for b in BEHAVIORS}
+    return json.dumps({**{b: c for b, (c, _) in entries.items()}, "quotes": {b: q for b, (_, q) in entries.items() if q}})
 
 
-def test_nested_counts_are_read_also_from_an_answer_cut_short():
-    assert parse_counts(_answer(verification={"quotes": ["x"], "count": 2}))[0]["verification"] == 2
-    cut = _answer(verification={"quotes": ["a"], "count": 2}, backtracking={"quotes": [], "count": 1})[:-60]
-    counts, error = parse_counts(cut)
-    assert counts["verification"] == 2 and counts["backtracking"] == 1 and "backward_chaining" in error
+def test_counts_are_read_from_an_answer_with_quotes_also_when_cut_short():
+    assert parse_counts(_answer(verification=(2, ["some words"])))[0]["verification"] == 2
+    counts, error = parse_counts(_answer(verification=(2, ["some words"]), backtracking=(1, []))[:-40])
+    assert counts == {"verification": 2, "backtracking": 1, "subgoal_setting": 0, "backward_chaining": 0}
+    assert error is None
 
 
 def test_quotes_are_kept_as_the_document_writes_them_and_invented_ones_are_counted_never_kept():
-    answer = _answer(verification={"quotes": ["LET'S CHECK: 3 * 4 = 12", "we verify the answer twice",
-                                              "Let's check: 3 *  4 = 12", "ok"], "count": 2},
-                     subgoal_setting={"quotes": ["first we find the speed"], "count": 0})
+    answer = _answer(verification=(2, ["LET'S CHECK: 3 * 4 = 12", "we verify the answer twice",
+                                       "Let's check: 3 *  4 = 12", "ok"]),
+                     subgoal_setting=(0, ["first we find the speed"]))
     parsed = parse_answer(answer, DOC, max_quotes=3)
     assert parsed.error is None and parsed.counts["verification"] == 2
     assert parsed.evidence["verification"] == ["Let's check:  3 * 4 = 12"]  # the document's own text, once
@@ -166,22 +169,22 @@ def test_quotes_are_kept_as_the_document_writes_them_and_invented_ones_are_count
 
 
 def test_a_latex_command_left_unescaped_in_json_is_recognized():
-    answer = '{"verification": {"quotes": ["$\\frac{a}{b}$ holds"], "count": 1}}'  # JSON reads \f as form feed
-    assert json.loads(answer)["verification"]["quotes"][0].startswith("$\f")
+    answer = '{"verification": 1, "quotes": {"verification": ["$\\frac{a}{b}$ holds"]}}'  # JSON reads \f: form feed
+    assert json.loads(answer)["quotes"]["verification"][0].startswith("$\f")
     parsed = parse_answer(answer, DOC, max_quotes=3)
     assert parsed.evidence["verification"] == ["$\\frac{a}{b}$ holds"] and parsed.quotes == {"kept": 1}
 
 
 def test_at_most_max_quotes_distinct_quotes_per_behavior():
     quotes = ["We want x", "First we find the speed", "then the time", "which matches"]
-    parsed = parse_answer(_answer(backward_chaining={"quotes": quotes, "count": 4}), DOC, max_quotes=2)
+    parsed = parse_answer(_answer(backward_chaining=(4, quotes)), DOC, max_quotes=2)
     assert parsed.evidence["backward_chaining"] == quotes[:2] and parsed.quotes == {"kept": 2, "beyond_limit": 2}
 
 
 @given(st.text(min_size=1, max_size=200), st.lists(st.one_of(st.text(max_size=40), st.integers()), max_size=6),
        st.integers(0, 3), st.integers(1, 3))
 def test_kept_quotes_always_occur_in_the_document_and_every_quote_is_accounted_for(doc, quotes, count, max_quotes):
-    parsed = parse_answer(_answer(verification={"quotes": quotes, "count": count}), doc, max_quotes)
+    parsed = parse_answer(_answer(verification=(count, quotes)), doc, max_quotes)
     assert sum(parsed.quotes.values()) == len(quotes) and set(parsed.quotes) <= set(QUOTE_CHECKS)
     assert len(parsed.evidence["verification"]) == parsed.quotes["kept"] <= max_quotes
     for kept in parsed.evidence["verification"]:

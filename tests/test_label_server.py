@@ -315,8 +315,8 @@ def test_quotes_are_requested_validated_and_only_real_ones_reach_training(llama_
     assert result.returncode == 0, result.stderr[-3000:]
     body = proxy.records[0]["body"]
     assert "up to 3 quotes" in body["messages"][0]["content"]
-    schema = body["response_format"]["schema"]["properties"]
-    assert all(schema[b]["properties"]["quotes"]["maxItems"] == 3 for b in BEHAVIORS)
+    quotes = body["response_format"]["schema"]["properties"]["quotes"]["properties"]
+    assert all(quotes[b]["maxItems"] == 3 for b in BEHAVIORS)
     assert body["repeat_penalty"] == 1.0 and body["temperature"] == 0.0 and body["top_p"] == 1.0
 
     stats = json.loads((out / STATS_FILE).read_text())

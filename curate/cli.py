@@ -261,6 +261,11 @@ def _cmd_label(args) -> int:
     sample = Path(args.sample) if args.sample else layout.sample_file
     if not sample.is_file():
         raise FileNotFoundError(f"{sample}: no sample to label (give a sample file, or run `curate sample --out {args.out}`)")
+    if args.dry_run:
+        from curate.label import dry_run
+
+        print(dry_run(sample, layout, cfg))
+        return 0
     if args.executor == "slurm":
         from curate.cluster import submit_label
 
@@ -272,6 +277,9 @@ def _cmd_label(args) -> int:
     print(f"{stats['documents']} documents, {stats['documents_labeled']} fully labeled, parse failures "
           f"{stats['parse_failure_rate']:.1%}, {stats['prompt_tokens_per_document']:.0f} prompt tokens/document; "
           f"this run {run['documents']} documents in {run['seconds']:.1f}s; labels in {layout.labels_file}")
+    if stats["quotes"]["returned"]:
+        print(f"quotes: {stats['quotes']['kept']} kept as evidence, {stats['quotes']['invented']} of "
+              f"{stats['quotes']['returned']} invented (not in the document)")
     return 0
 
 
@@ -353,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sample", nargs="?", default=None, help="sample Parquet file (default: OUT/sample/sample.parquet)")
     _add_out(p)
     add_model_options(p, LabelConfig)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the `vllm serve` command line and the first document's request; start nothing")
     _add_executor(p)
     p.set_defaults(func=_cmd_label)
 

@@ -9,13 +9,17 @@ with curate unless set.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlparse
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator,
+)
 
 BUNDLED_DATA = Path(__file__).resolve().parent / "data"
 _VARIABLE = re.compile(r"\$(\w+|\{(\w+)\})")
@@ -105,28 +109,61 @@ class LabelConfig(_Section):
     model: str = Field(description="model name (endpoint) or path/hub id that `vllm serve` loads")
     server_type: Literal["endpoint", "vllm"] = Field("endpoint", description="'endpoint': an OpenAI-compatible "
                                                      "server at endpoint_url; 'vllm': start `vllm serve` per task")
-    endpoint_url: str | None = Field(None, description="base URL of the server, e.g. http://127.0.0.1:8000")
+    endpoint_url: str | None = Field(None, description="base URL of the server, with or without /v1, e.g. "
+                                                       "http://127.0.0.1:8000 (API key: env OPENAI_API_KEY)")
+    engine: Literal["auto", "vllm", "llama.cpp"] = Field(
+        "auto", description="the server software (names of sampling parameters, structured output form): auto = "
+                            "vllm for server_type vllm, llama.cpp for endpoints; vllm also fits SGLang")
     prompt: Literal["counts", "paper"] = Field("counts", description="'counts': one request per document, JSON "
-                                               "counts; 'paper': one request per behavior, <count>N</count>")
+                                               "counts and quotes; 'paper': one request per behavior, <count>N</count>")
+    max_quotes: int = Field(3, ge=0, le=10, description="verbatim quotes per behavior in a counts answer, one per "
+                                                        "instance (training evidence); 0: counts only")
     structured_output: Literal["auto", "json_schema", "json_object", "none"] = Field(
-        "auto", description="output constraint: auto = json_schema for vllm, json_object for endpoint (llama.cpp)")
+        "auto", description="output constraint: auto = json_schema for engine vllm, json_object for llama.cpp")
     max_doc_tokens: int = Field(3000, ge=16, description="documents are cut at a line boundary to this many tokens")
     tokenizer: str = Field("smollm2", description="tokenizer that counts max_doc_tokens")
-    max_tokens: int = Field(128, ge=1, description="completion tokens per request at most")
+    max_tokens: int = Field(512, ge=1, description="completion tokens per request at most (an answer cut short does "
+                                                   "not parse: 4 behaviors x 3 quotes need about 400)")
     temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0, description="sent to vLLM as repetition_penalty, to llama.cpp as "
+                                                             "repeat_penalty (both apply their own default otherwise)")
     tp: int = Field(1, ge=1, description="tensor parallel size (vllm)")
     max_model_len: int = Field(8192, ge=256, description="context length (vllm)")
+    server_args: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="extra `vllm serve` arguments, e.g. {gpu-memory-utilization: 0.9, "
+                                          "enforce-eager: true} (a JSON object on the command line)")
     concurrency: int = Field(32, ge=1, description="requests in flight per task")
-    request_timeout: float = Field(600.0, gt=0, description="seconds one request may take before it is retried")
+    request_timeout: float = Field(600.0, gt=0, description="seconds one request may take once the server is ready "
+                                                            "(queueing in the server included) before it is retried")
     retries: int = Field(3, ge=0, description="retries (exponential backoff) of a request after a 5xx or timeout")
+    max_error_rate: float = Field(0.05, ge=0, le=1, description="a run with a larger share of documents whose "
+                                  "requests failed exits non-zero and asks them again when re-run")
+    stop_after_failures: int = Field(20, ge=0, description="stop at once when the first N documents of a run all "
+                                                           "failed (0: never)")
     tasks: int = Field(1, ge=1, description="datatrove tasks (each with its own vllm server)")
     records_per_chunk: int = Field(500, ge=1, description="documents per checkpoint chunk")
-    server_ready_timeout: float = Field(1800.0, gt=0, description="seconds to wait for a started server")
+    server_ready_timeout: float | None = Field(None, gt=0, description="seconds to wait for the server to be ready "
+                                               "(default: 1800 for vllm, loading weights and compiling; 60 for endpoints)")
+
+    @field_validator("server_args", mode="before")
+    @classmethod
+    def _server_args_from_json(cls, value):
+        if isinstance(value, str):  # the command line's --server-args '{"enforce-eager": true}'
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"server_args must be a JSON object: {e}") from None
+        return value
 
     @model_validator(mode="after")
     def _endpoint_has_url(self):
         if self.server_type == "endpoint" and not self.endpoint_url:
             raise ValueError("server_type 'endpoint' needs endpoint_url")
+        if self.endpoint_url is not None:
+            parsed = urlparse(self.endpoint_url.strip())
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError(f"endpoint_url must be an http(s) URL with a host, got {self.endpoint_url!r}")
         return self
 
 

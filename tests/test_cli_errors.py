@@ -78,7 +78,7 @@ def test_help_of_every_command_shows_choices_and_defaults():
         result = run_curate(command, "--help")
         assert result.returncode == 0 and "PydanticUndefined" not in result.stdout, command
     mix = run_curate("mix", "--help").stdout
-    assert "{threshold,top_k,proportional}" in mix and "(default: proportional)" in mix
+    assert "{threshold,top_k,proportional}" in mix and "(default: top_k)" in mix
     label = run_curate("label", "--help").stdout
     assert "--model MODEL" in label and "(required)" in label
     train = run_curate("train", "--help").stdout

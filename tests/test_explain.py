@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.classifier import BehaviorClassifier
-from curate.explain import CONTEXT_CHARS, EXAMPLES_FILE, TOP_N, write_examples
+from curate.explain import CONTEXT_CHARS, EXAMPLES_FILE, MAX_WINDOW_CHARS, TOP_N, write_examples
 from curate.io import iter_readable, read_json
 from curate.layout import Layout
 from curate.schema import BEHAVIORS, ID, TEXT
@@ -40,8 +40,8 @@ WHITESPACE = set(FASTTEXT_WHITESPACE.decode())
 
 def real_texts(k: int, seed: int = 0) -> list[str]:
     """`k` texts drawn (seeded) from the bundled documents and reference labels, and the edge cases."""
-    texts = [t for f in sorted(BUNDLED_DOCS.glob("*.parquet")) for t in pq.read_table(f, columns=[TEXT])[TEXT].to_pylist()]
-    texts += pq.read_table(BUNDLED_LABELS, columns=[TEXT])[TEXT].to_pylist()
+    files = [*sorted(BUNDLED_DOCS.glob("*.parquet")), BUNDLED_LABELS]
+    texts = [t for f in files for t in pq.read_table(f, columns=[TEXT])[TEXT].to_pylist()]
     return random.Random(seed).sample(texts, k) + EDGE_TEXTS
 
 
@@ -69,12 +69,12 @@ def test_each_window_span_views_as_exactly_that_windows_tokens(normalization, wo
 
 @pytest.fixture(scope="module")
 def output(tmp_path_factory):
-    """A real small run: few epochs on the reference labels, scoring the bundled documents and two
-    hostile ones (HTML, a script, a closing mark in the text; a javascript: url)."""
+    """A real small run: few epochs on the reference labels, scoring the bundled documents and three
+    hostile ones (HTML, a script, a closing mark in the text; a javascript: url; a 20k-character token)."""
     tmp = tmp_path_factory.mktemp("explain")
-    (tmp / "hostile.jsonl").write_text(
-        json.dumps({"url": HOSTILE_URL, "text": HOSTILE}) + "\n"
-        + json.dumps({"url": "https://example.org/<b>long</b>", "text": HOSTILE * 60}) + "\n")
+    hostile = [{"url": HOSTILE_URL, "text": HOSTILE}, {"url": "https://example.org/<b>long</b>", "text": HOSTILE * 60},
+               {"url": "https://example.org/huge-token", "text": HOSTILE + "a" * 20_000 + " " + HOSTILE}]
+    (tmp / "hostile.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in hostile))
     job = write_job(tmp / "job.yaml", name="explain <test>", output_dir=str(tmp / "out"),
                     input={"paths": [str(BUNDLED_DOCS), str(tmp / "hostile.jsonl")]},
                     train={"labels": str(BUNDLED_LABELS), "epoch": 5, "cv_folds": 2},
@@ -162,7 +162,11 @@ def check_article(article: dict, text: str, model: BehaviorClassifier, behavior:
     assert shown == pytest.approx(all_windows[:, behavior].max(), abs=1e-12)
     assert model.predict([text])[0, behavior] == pytest.approx(float(article["attrs"]["data-probability"]), abs=1e-6)
     elided = dict(article["elided"])
-    if "window" not in elided:
+    if "window" in elided:  # a window longer than MAX_WINDOW_CHARS: its two ends
+        half = MAX_WINDOW_CHARS // 2
+        assert article["window"] == text[start:start + half] + text[end - half:end]
+        assert elided_count(elided["window"]) == end - start - 2 * half
+    else:
         assert article["window"] == text[start:end]
     shown_from = elided_count(elided["before"]) if "before" in elided else 0
     shown_to = len(text) - (elided_count(elided["after"]) if "after" in elided else 0)
@@ -194,7 +198,8 @@ def test_highlighted_window_rescored_alone_gives_the_probability_shown(output):
 
 
 def test_document_text_and_urls_are_escaped(output, tmp_path):
-    """Every scored document on one page: the hostile ones' HTML and script stay text."""
+    """Every scored document on one page: each highlighted window checks out, and the hostile
+    documents' HTML and script stay text."""
     layout = Layout(output)
     table = load_scores(layout.scores_dir)
     result = write_examples(layout, tmp_path / EXAMPLES_FILE, table, "all <documents>", n=table.num_rows)
@@ -205,10 +210,13 @@ def test_document_text_and_urls_are_escaped(output, tmp_path):
     articles = [a for section in page.sections.values() for a in section]
     assert page.start_tags["mark"] == page.start_tags["article"] == len(articles) == 4 * table.num_rows
     model, texts = BehaviorClassifier.load(layout.model_file), documents_by_id(output)
-    hostile = [(j, a) for j, b in enumerate(BEHAVIORS) for a in page.sections[b] if HOSTILE in texts[a["attrs"]["data-id"]]]
-    assert len(hostile) == 2 * len(BEHAVIORS)
-    for j, article in hostile:
-        check_article(article, texts[article["attrs"]["data-id"]], model, j)
+    for j, behavior in enumerate(BEHAVIORS):
+        for article in page.sections[behavior]:
+            check_article(article, texts[article["attrs"]["data-id"]], model, j)
+    hostile = [(j, a) for j, b in enumerate(BEHAVIORS) for a in page.sections[b]
+               if HOSTILE in texts[a["attrs"]["data-id"]]]
+    assert len(hostile) == 3 * len(BEHAVIORS)
+    assert any(dict(a["elided"]).get("window") for _, a in hostile)  # the huge token's window, cut
     assert any("</mark>" in a["window"] for _, a in hostile) and any("<script>" in a["after"] for _, a in hostile)
     assert 'href="javascript' not in raw.lower() and "<script" not in raw.lower()
     dom = chromium(tmp_path / EXAMPLES_FILE, tmp_path, "--dump-dom").stdout

@@ -4,7 +4,8 @@ Reads what the stages wrote in the output folder (scores, filter stats, mix stat
 and writes `report/` beside them: PNG plots (matplotlib, Agg) of each behavior's probability,
 tokens by score bucket before and after mixing, and, given a labels file, the classifier's
 agreement with those labels (ROC per behavior, documents joined by id); `report/index.html` shows
-them with the stats and names what it could not draw.
+them with the stats, links `report/examples.html` (the top documents of each behavior with the window
+that drove the score, `curate.explain`) and names what it could not draw.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curate import explain
 from curate.card import filter_lines, fmt_auc
 from curate.io import atomic_path, read_json, write_json, write_text
 from curate.layout import STATS_FILE, Layout
@@ -151,8 +153,9 @@ def _table(rows: list[tuple], head: tuple | None = None) -> str:
 
 
 def html_page(name: str, stats: dict | None, filters: dict | None, plots: list[str], agreement: dict | None,
-              not_drawn: list[str]) -> str:
-    """The report page: numbers, filter decisions, plots, contamination matches, and what could not be drawn."""
+              not_drawn: list[str], pages: list[tuple[str, str]] = ()) -> str:
+    """The report page: numbers, filter decisions, links to the other pages (file, title), plots,
+    contamination matches, and what could not be drawn."""
     parts = [f"<h1>{html.escape(name)}</h1>"]
     if stats is not None:
         numbers = [
@@ -175,6 +178,9 @@ def html_page(name: str, stats: dict | None, filters: dict | None, plots: list[s
         parts += ["<h2>Classifier agreement</h2>", _table(
             [(b, m["positives"], fmt_auc(m["roc_auc"])) for b, m in agreement["behaviors"].items()],
             ("behavior", f"positives of {agreement['documents']} labeled documents", "ROC-AUC"))]
+    if pages:
+        parts += ["<h2>Pages</h2>", "<ul>" + "".join(f'<li><a href="{href}">{html.escape(title)}</a></li>'
+                                                    for href, title in pages) + "</ul>"]
     parts += ["<h2>Plots</h2>"] + [f'<p><img src="{p}" alt="{p}" style="max-width:100%"></p>' for p in plots]
     if not_drawn:
         parts += ["<h2>Not drawn</h2>", "<ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in not_drawn) + "</ul>"]
@@ -203,7 +209,7 @@ def write_report(layout: Layout, name: str | None = None, labels: str | Path | N
     filters = _optional_json(layout.stats("filters"))
     report_dir = layout.report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
-    plots, not_drawn, agreement = [], [], None
+    plots, not_drawn, agreement, pages = [], [], None, []
     table = load_scores(layout.scores_dir) if scored_shards(layout.scores_dir) else None
     if table is not None:
         plot_histograms(table, report_dir / HISTOGRAMS)
@@ -227,9 +233,14 @@ def write_report(layout: Layout, name: str | None = None, labels: str | Path | N
             plots.append(AGREEMENT)
         else:
             not_drawn.append(f"agreement with {labels}: none of its documents is among the scored ones")
-    write_text(html_page(name, stats, filters, plots, agreement, not_drawn), report_dir / INDEX_FILE)
+    if (missing := explain.missing(layout, table)) is None:
+        explain.write_examples(layout, report_dir / explain.EXAMPLES_FILE, table, name)
+        pages.append((explain.EXAMPLES_FILE, "Top documents per behavior, with the window that drove each score"))
+    else:
+        not_drawn.append(f"top documents per behavior: {missing}")
+    write_text(html_page(name, stats, filters, plots, agreement, not_drawn, pages), report_dir / INDEX_FILE)
     result = {"index": str(report_dir / INDEX_FILE), "plots": [str(report_dir / p) for p in plots],
-              "agreement": agreement, "not_drawn": not_drawn}
+              "pages": [str(report_dir / href) for href, _ in pages], "agreement": agreement, "not_drawn": not_drawn}
     write_json({"fingerprint": fingerprint, **{k: v for k, v in result.items() if k != "agreement"}},
                layout.stats("report"))
     return result

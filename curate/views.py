@@ -49,20 +49,26 @@ _TABLES = {n: _byte_tables(n) for n in NORMALIZATIONS}
 LABEL_PREFIX = "__label__"
 
 
-def view_bytes(texts: list[str], normalization: str) -> tuple[np.ndarray, np.ndarray]:
-    """The views of a batch as one uint8 buffer and the (n + 1) offsets of each view in it."""
+def _utf8(texts: list[str], defuse_labels: bool) -> tuple[bytes, np.ndarray]:
+    """The UTF-8 bytes of a batch (a lone surrogate as one "?") and the (n + 1) offsets of each text in
+    them; `defuse_labels` turns fastText's label prefix into a word (what the plain view does)."""
     try:
         array = pa.array(texts, type=pa.large_string())
     except UnicodeEncodeError:  # a lone surrogate (e.g. a JSON "\ud800" escape) has no UTF-8 form
         array = pa.array([t.encode("utf-8", "replace").decode("utf-8") for t in texts], type=pa.large_string())
-    if normalization == "plain":  # fastText would read a word starting with __label__ as a label
+    if defuse_labels:  # fastText would read a word starting with __label__ as a label
         import pyarrow.compute as pc
 
         array = pc.replace_substring(array, LABEL_PREFIX, LABEL_PREFIX[1:])
     _, offsets_buffer, data_buffer = array.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype=np.int64, count=len(array) + 1, offset=array.offset * 8)
     raw = bytes(memoryview(data_buffer)[offsets[0]: offsets[-1]]) if data_buffer is not None else b""
-    offsets = offsets - offsets[0]
+    return raw, offsets - offsets[0]
+
+
+def view_bytes(texts: list[str], normalization: str) -> tuple[np.ndarray, np.ndarray]:
+    """The views of a batch as one uint8 buffer and the (n + 1) offsets of each view in it."""
+    raw, offsets = _utf8(texts, defuse_labels=normalization == "plain")
     mapping, sizes = _TABLES[normalization]
     mapped = np.frombuffer(raw.translate(mapping), dtype=np.uint8)
     if normalization == "plain":
@@ -119,3 +125,33 @@ def window_bounds(first_token: np.ndarray, words: int) -> tuple[np.ndarray, np.n
     rank = np.arange(len(owner)) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
     starts = np.minimum(first_token[:-1][owner] + rank * max(words, 0), first_token[1:][owner])
     return np.append(starts, first_token[-1]), owner
+
+
+def window_spans(texts: list[str], normalization: str, words: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each scoring window of a batch (those of `window_bounds` over `token_starts`, in the same
+    order) lies in its original text: (windows, 2) character offsets [start, end) from the window's first
+    token's first character to its last token's last one ((0, 0) for a text without tokens), and the text
+    index of each window. The view of `text[start:end]` holds exactly the window's tokens.
+
+    Worked out on the input bytes: a view token is a run of input bytes that are not whitespace, broken
+    where the view puts a space (before a math symbol or backslash, after a math symbol) and at a text's
+    ends; the label prefix the plain view defuses stays one token either way."""
+    raw, offsets = _utf8(texts, defuse_labels=False)
+    mapping, sizes = _TABLES[normalization]
+    is_token = np.frombuffer(raw.translate(mapping), dtype=np.uint8) != SPACE
+    size = np.frombuffer(raw.translate(sizes), dtype=np.uint8)
+    space_before, space_after = size >= 2, size == 3  # what the math view inserts around a byte
+    gap = np.ones(len(raw) + 1, dtype=bool)  # gap[i]: no token runs on from byte i - 1 to byte i
+    gap[1:-1] = ~is_token[:-1] | ~is_token[1:] | space_after[:-1] | space_before[1:]
+    gap[offsets] = True  # a token ends with its text
+    token_begin = np.flatnonzero(is_token & gap[:-1])
+    token_end = np.flatnonzero(is_token & gap[1:]) + 1
+    bounds, owner = window_bounds(np.searchsorted(token_begin, offsets), words)
+    text_start = offsets[:-1][owner]
+    has_tokens = bounds[1:] > bounds[:-1]
+    begin = np.where(has_tokens, np.append(token_begin, 0)[bounds[:-1]], text_start)  # the 0 after: no token
+    end = np.where(has_tokens, np.append(token_end, 0)[bounds[1:] - 1], text_start)
+    characters = np.zeros(len(raw) + 1, dtype=np.int64)  # characters before each byte: UTF-8 lead bytes so far
+    np.cumsum((np.frombuffer(raw, dtype=np.uint8) & 0xC0) != 0x80, out=characters[1:])
+    spans = np.column_stack([characters[begin], characters[end]]) - characters[text_start][:, None]
+    return spans, owner

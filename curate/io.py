@@ -354,13 +354,13 @@ def write_parquet(table: pa.Table, path: str | Path) -> None:
 def write_json(obj, path: str | Path) -> None:
     """Write pretty JSON atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def write_text(text: str, path: str | Path) -> None:
-    """Write a text file atomically."""
+    """Write a UTF-8 text file atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def read_json(path: str | Path):

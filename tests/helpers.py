@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 import pyarrow.parquet as pq
 import yaml
@@ -28,3 +32,25 @@ def read_dir(folder: Path, pattern: str = "*.parquet"):
     """All rows of the Parquet files matching `pattern` in `folder`, in file order."""
     files = sorted(Path(folder).glob(pattern))
     return [row for f in files for row in pq.read_table(f).to_pylist()]
+
+
+def chromium(page: Path, tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
+    """Headless Chromium (Debian's, installed by tests/run.sh) on a local page, with a new profile and
+    no background networking (this machine's network is closed)."""
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.fail("chromium is not installed (tests/run.sh installs the Debian package)")
+    return subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'profile'}", *flags, Path(page).resolve().as_uri()],
+                          capture_output=True, text=True, timeout=180, check=True)
+
+
+def pixel_stats(path: Path) -> tuple[tuple[int, int], int, float]:
+    """(size, distinct colours, fraction of pixels that are not near-white) of a PNG."""
+    from PIL import Image
+
+    image = Image.open(path).convert("RGB")
+    pixels = np.asarray(image).reshape(-1, 3)
+    colours = len(np.unique(pixels, axis=0))
+    return image.size, colours, float((pixels.min(axis=1) < 235).mean())

@@ -8,7 +8,6 @@ import json
 import random
 import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -26,8 +25,7 @@ from curate.views import (
     FASTTEXT_WHITESPACE, classifier_texts, classifier_tokens, token_starts, window_bounds, window_spans,
 )
 from tests.conftest import BUNDLED_DOCS, BUNDLED_LABELS
-from tests.helpers import run_curate, write_job
-from tests.test_report import pixel_stats
+from tests.helpers import chromium, pixel_stats, run_curate, write_job
 
 HOSTILE_URL = "javascript:alert(1)//\"><script>alert('url')</script>"
 HOSTILE = "Check: 2 + 2 = 4 <script>document.title='pwned'</script> so </mark></div></article> x < y & z. "
@@ -221,17 +219,6 @@ def test_document_text_and_urls_are_escaped(output, tmp_path):
     assert 'href="javascript' not in raw.lower() and "<script" not in raw.lower()
     dom = chromium(tmp_path / EXAMPLES_FILE, tmp_path, "--dump-dom").stdout
     assert dom.count("<mark ") == len(articles) and "<script" not in dom and "pwned" not in dom.split("</title>")[0]
-
-
-def chromium(page: Path, tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
-    """Headless Chromium on a local page (as tests/test_report.py runs it)."""
-    binary = shutil.which("chromium")
-    if binary is None:
-        pytest.fail("chromium is not installed (tests/run.sh installs the Debian package)")
-    return subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                           f"--user-data-dir={tmp_path / 'profile'}", *flags, page.resolve().as_uri()],
-                          capture_output=True, text=True, timeout=180, check=True)
 
 
 def test_examples_page_is_linked_and_renders_in_headless_chromium(output, tmp_path):

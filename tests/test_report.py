@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from curate.schema import BEHAVIORS
 from tests.conftest import BUNDLED_LABELS, REPO
-from tests.helpers import write_job
+from tests.helpers import chromium, pixel_stats, write_job
 
 EVAL_SAMPLE = REPO / "curate" / "data" / "evals" / "gsm8k-sample.parquet"
 
@@ -37,16 +34,6 @@ def output(tmp_path_factory):
     result = curate("run", job)
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp / "out"
-
-
-def pixel_stats(path: Path) -> tuple[tuple[int, int], int, float]:
-    """(size, distinct colours, fraction of pixels that are not near-white) of a PNG."""
-    from PIL import Image
-
-    image = Image.open(path).convert("RGB")
-    pixels = np.asarray(image).reshape(-1, 3)
-    colours = len(np.unique(pixels, axis=0))
-    return image.size, colours, float((pixels.min(axis=1) < 235).mean())
 
 
 def test_run_writes_the_report_with_existing_plots_and_the_card(output):
@@ -126,15 +113,8 @@ def test_report_of_a_folder_without_a_mix_names_what_it_could_not_draw(tmp_path)
 
 
 def test_page_renders_in_headless_chromium(output, tmp_path):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("chromium is not installed (tests/run.sh installs the Debian package)")
     shot = tmp_path / "page.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,1600",
-                    (output / "report" / "index.html").resolve().as_uri()],
-                   capture_output=True, timeout=120, check=True)
+    chromium(output / "report" / "index.html", tmp_path, f"--screenshot={shot}", "--window-size=1200,1600")
     assert shot.stat().st_size > 10_000
     size, colours, inked = pixel_stats(shot)
     assert size == (1200, 1600)

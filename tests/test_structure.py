@@ -4,7 +4,6 @@ validates (with what it extends)."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 

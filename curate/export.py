@@ -21,7 +21,7 @@ copy out, in one seeded random order, in the formats pretraining stacks read:
 What is shuffled: whole documents (copies), never token windows. The copies are put in one seeded
 random order across all shards, by an external shuffle (each mix shard's copies are spread over bucket
 files, one per output shard, and each bucket is sorted by the copies' random positions; memory holds
-one shard at a time). `parquet` and `jsonl` keep that order. For `tokens`, DocumentTokenizer shuffles
+one shard at a time and the random positions, 8 bytes a copy). `parquet` and `jsonl` keep that order. For `tokens`, DocumentTokenizer shuffles
 the documents of each file it writes again, with the same seed (`shuffle_documents`; no
 `shuffle_chunk_size`): a document's tokens stay contiguous, and a trainer's fixed-length windows cut
 across document boundaries as in any datatrove dataset.
@@ -270,6 +270,7 @@ def export(sources: dict[str, Path], layout: Layout, cfg: ExportConfig, fingerpr
     the tokens written (EOS included) for `tokens`. `name` titles the cards (default: the output folder's)."""
     seed = 0 if cfg.seed is None else cfg.seed
     name = name or layout.root.resolve().name
+    layout.stats(STAGE).unlink(missing_ok=True)  # files being replaced are no finished export of any settings
     for mix_dir in sources.values():
         read_mix(Path(mix_dir))
     if "tokens" in cfg.formats:

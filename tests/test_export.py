@@ -219,3 +219,23 @@ def test_export_section_is_validated(tmp_path):
                     export={"formats": ["jsonl", "jsonl"]})
     done = curate("run", job)
     assert done.returncode == 2 and "lists a value twice" in done.stderr
+
+
+def test_tokens_split_by_shard_tokens_and_without_eos(job_run, tmp_path):
+    done = curate("export", job_run["out"] / "mix", "--out", tmp_path, "--format", "tokens", "--shard-tokens", 20_000,
+                  "--eos", "")
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / "export" / "mix" / "tokens"
+    files = sorted(folder.glob("*.ds"))
+    docs = read_tokenized(folder)
+    assert len(files) > 2 and len(docs) == sum(r[REPEATS] for r in job_run["mix"])
+    assert all(f.stat().st_size // 2 <= 20_000 + max(map(len, docs)) for f in files)  # cut after the file passes it
+    tokenizer = load_tokenizer("smollm2")
+    expected = Counter({tuple(e.ids): r[REPEATS] for e, r in zip(
+        tokenizer.encode_batch([r[TEXT] for r in job_run["mix"]], add_special_tokens=False), job_run["mix"])})
+    assert Counter(map(tuple, docs)) == expected  # no EOS: each document is its text's tokens alone
+
+
+def test_help_shows_choices_and_defaults():
+    shown = curate("export", "--help").stdout
+    assert "{parquet,jsonl,tokens}" in shown and "(default: smollm2)" in shown and "PydanticUndefined" not in shown

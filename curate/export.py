@@ -55,6 +55,7 @@ SHARD_PREFIX = "part-"
 EXPORT_SCHEMA = pa.schema([f for f in MIX_SCHEMA if f.name not in (WEIGHT, REPEATS)])
 JSONL_FIELDS = (TEXT, ID, URL)
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZE_BATCH = 200  # documents per tokenizer call: encodings take ~100 bytes a token (datatrove's 10,000: GBs)
 POSITION, BUCKET = "_position", "_bucket"
 BUCKET_PARTITIONING = ds.partitioning(pa.schema([(BUCKET, pa.int64())]))  # bucket k: the files of buckets/k/
 
@@ -195,7 +196,7 @@ def write_tokens(name: str, copies_dir: Path, n_shards: int, out_dir: Path, work
         ParquetReader(str(copies_dir), glob_pattern=f"{SHARD_PREFIX}*.parquet", text_key=TEXT, id_key=ID),
         DocumentTokenizer(str(staging), tokenizer_name_or_path=str(tokenizer_file.resolve()), save_filename=name,
                           local_working_dir=str(work_dir / "unshuffled"), eos_token=cfg.eos, seed=seed,
-                          shuffle_documents=True, max_tokens_per_file=cfg.shard_tokens),
+                          shuffle_documents=True, max_tokens_per_file=cfg.shard_tokens, batch_size=TOKENIZE_BATCH),
     ]
     build_executor(pipeline, tasks=tasks, workers=tasks, logging_dir=logs).run()
     for old in out_dir.glob("*.ds*"):

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
 from curate.config import (
-    DedupConfig, ExportConfig, JobError, LabelConfig, MixConfig, SampleConfig, ScoreConfig, SlurmConfig, TrainConfig, load_job,
+    DedupConfig, ExportConfig, JobError, LabelConfig, MixConfig, SampleConfig, ScoreConfig, SlurmConfig, TrainConfig,
+    load_job,
 )
 from curate.errors import RunStopped
 from curate.layout import Layout

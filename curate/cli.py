@@ -192,7 +192,8 @@ def _cmd_export(args) -> int:
     for folder in args.mix_dirs:
         name = Path(folder).resolve().name
         if name in sources:
-            raise JobError(f"{folder}: another mix folder given is also named '{name}' (exports go to OUT/export/<name>)")
+            raise JobError(f"{folder}: another mix folder given is also named '{name}' "
+                           "(exports go to OUT/export/<name>)")
         sources[name] = Path(folder)
     cfg = model_from_options(ExportConfig, args, formats=args.formats or ["parquet"], mixes=list(sources),
                              seed=args.seed)

@@ -18,13 +18,13 @@ copy out, in one seeded random order, in the formats pretraining stacks read:
   document (datatrove replaces the tokenizer's post-processor with it); with `eos: null` the
   tokenizer's own post-processor, if any, applies.
 
-What is shuffled: whole documents (copies), never token windows. The copies are put in one seeded
-random order across all shards, by an external shuffle (each mix shard's copies are spread over bucket
-files, one per output shard, and each bucket is sorted by the copies' random positions; memory holds
-one shard at a time and the random positions, 8 bytes a copy). `parquet` and `jsonl` keep that order. For `tokens`, DocumentTokenizer shuffles
-the documents of each file it writes again, with the same seed (`shuffle_documents`; no
-`shuffle_chunk_size`): a document's tokens stay contiguous, and a trainer's fixed-length windows cut
-across document boundaries as in any datatrove dataset.
+What is shuffled: whole documents (copies), never token windows. The copies are put in one seeded random
+order across all shards, by an external shuffle (each mix shard's copies are spread over bucket files,
+one per output shard, and each bucket is sorted by the copies' random positions; memory holds one shard
+at a time and the random positions, 8 bytes a copy). `parquet` and `jsonl` keep that order. For
+`tokens`, DocumentTokenizer shuffles the documents of each file it writes again, with the same seed
+(`shuffle_documents`; no `shuffle_chunk_size`): a document's tokens stay contiguous, and a trainer's
+fixed-length windows cut across document boundaries as in any datatrove dataset.
 
 Output: `OUT/export/<mix>/<format>/`; the stats (copies and tokens per format, seed, fingerprint) in
 `OUT/logs/export/stats.json`; bucket files and datatrove's logs under `OUT/logs/export/`.

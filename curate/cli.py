@@ -21,7 +21,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
 from curate.config import (
-    DedupConfig, JobError, LabelConfig, MixConfig, SampleConfig, ScoreConfig, SlurmConfig, TrainConfig, load_job,
+    DedupConfig, ExportConfig, JobError, LabelConfig, MixConfig, SampleConfig, ScoreConfig, SlurmConfig, TrainConfig,
+    load_job,
 )
 from curate.errors import RunStopped
 from curate.layout import Layout
@@ -190,6 +191,27 @@ def _cmd_mix(args) -> int:
               f"{layout.mix_dir('control')}; largest host share gap {matched['matching']['max_host_gap_pp']:.1f} pp, "
               f"length decile gap {100 * matched['matching']['max_decile_gap']:.1f}%")
     return _report_errors(errors)
+
+
+def _cmd_export(args) -> int:
+    from curate.export import export
+
+    sources = {}
+    for folder in args.mix_dirs:
+        name = Path(folder).resolve().name
+        if name in sources:
+            raise JobError(f"{folder}: another mix folder given is also named '{name}' "
+                           "(exports go to OUT/export/<name>)")
+        sources[name] = Path(folder)
+    cfg = model_from_options(ExportConfig, args, formats=args.formats or ["parquet"], mixes=list(sources),
+                             seed=args.seed)
+    stats = export(sources, Layout(args.out), cfg, name=args.name)
+    for name, exported in stats["mixes"].items():
+        for fmt, made in exported["formats"].items():
+            print(f"{name} as {fmt}: {made['documents']:,} documents (copies), {made['tokens']:,} tokens "
+                  f"in {made['folder']}")
+    print(f"stats in {Layout(args.out).stats('export')}")
+    return 0
 
 
 def _cmd_filter(args) -> int:
@@ -396,6 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ignore the decisions of `curate filter` in OUT/filters (used when made from these scores)")
     add_model_options(p, MixConfig)
     p.set_defaults(func=_cmd_mix)
+
+    p = sub.add_parser("export", help="every copy of a mix as its own document, shuffled, in the formats trainers "
+                                      "read (OUT/export/<mix>/<format>)")
+    p.add_argument("mix_dirs", nargs="+", metavar="MIX_DIR", help="mix folders (e.g. OUT/mix)")
+    _add_out(p)
+    _add_seed(p)
+    p.add_argument("--format", dest="formats", action="append", choices=["parquet", "jsonl", "tokens"],
+                   help="parquet (datasets), jsonl (Megatron-LM), tokens (datatrove/nanotron); repeatable "
+                        "(default: parquet)")
+    p.add_argument("--name", default=None, help="the export's name in its card (default: the output folder's name)")
+    add_model_options(p, ExportConfig, skip=("formats", "mixes", "seed"))
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("filter", help="decontaminate against evaluation sets and drop near-duplicates (decisions only)")
     _add_inputs(p, "the Parquet/JSONL files or folders that were scored into OUT/scores")

@@ -179,6 +179,37 @@ class BootstrapConfig(_Section):
                                       "document is a near-duplicate of a labeled or already picked one")
 
 
+class ExportConfig(_Section):
+    """`curate export`: the mix as trainers read it, every copy of a document its own document, shuffled."""
+
+    formats: list[Literal["parquet", "jsonl", "tokens"]] = Field(
+        ["parquet"], min_length=1, description="'parquet' (datasets), 'jsonl' (Megatron-LM's preprocess_data.py), "
+        "'tokens' (datatrove's tokenized .ds files for nanotron)")
+    mixes: list[Annotated[str, Field(pattern=r"^\w[\w.-]*$")]] = Field(
+        ["mix"], min_length=1, description="mix folders of the output folder to export: mix (later control, rewrite)")
+    seed: int | None = Field(None, description="seed of the shuffle; the job's seed when unset")
+    shard_rows: int = Field(50_000, ge=1, description="copies per parquet/jsonl shard at most")
+    shard_tokens: int | None = Field(None, ge=1, description="tokens per .ds file, about (datatrove's "
+                                     "max_tokens_per_file); one file per task when unset")
+    tokenizer: str = Field("smollm2", description="tokenizer of 'tokens': 'smollm2', a tokenizers JSON or a GGUF file")
+    eos: str | None = Field("<|endoftext|>", description="token added after every document in 'tokens' "
+                            "(null or empty: none)")
+    tasks: int = Field(1, ge=1, description="datatrove tasks tokenizing at once; each writes its own .ds files")
+
+    @field_validator("eos")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _listed_once(self):
+        for key in ("formats", "mixes"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key} lists a value twice: {values}")
+        return self
+
+
 SLURM_TASKS = ("sample", "label", "train", "score", "finish", "rewrite", "export", "dask")
 """The Slurm jobs of a job's chain (`dask`: the workers of the mix's global pass)."""
 
@@ -271,6 +302,7 @@ class Job(_Section):
     sample: SampleConfig | None = None
     label: LabelConfig | None = None
     bootstrap: BootstrapConfig | None = None
+    export: ExportConfig | None = None
     executor: Literal["local", "slurm"] = "local"
     slurm: SlurmConfig = SlurmConfig()
 

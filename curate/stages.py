@@ -16,6 +16,7 @@ from typing import Callable
 
 from curate import audit as audit_stage
 from curate import control as control_stage
+from curate import export as export_stage
 from curate import filters as filters_stage
 from curate import label as label_stage
 from curate import mix as mix_stage
@@ -23,7 +24,7 @@ from curate import report as report_stage
 from curate import sample as sample_stage
 from curate import score as score_stage
 from curate import train as train_stage
-from curate.config import Job
+from curate.config import ExportConfig, Job
 from curate.executors import DaskCluster
 from curate.io import file_sha256, list_input_files
 from curate.layout import Layout, fingerprint_of, input_stamps, recorded_fingerprint
@@ -259,6 +260,34 @@ def _run_report(ctx: Context, fingerprint: str) -> StageResult:
     return StageResult("report", True, f"{len(written['plots'])} plots in {written['index']}", stats=written)
 
 
+# --- export ------------------------------------------------------------------------------------
+
+def _has_export(job: Job) -> bool:
+    return job.export is not None
+
+
+def export_settings(job: Job) -> ExportConfig:
+    """The job's export section, with the job's seed when it sets none."""
+    cfg = job.export
+    return cfg if cfg.seed is not None else cfg.model_copy(update={"seed": job.seed})
+
+
+def _export_fingerprint(ctx: Context) -> str:
+    cfg = export_settings(ctx.job)
+    sources = {name: ctx.fingerprint(name) if name in STAGE_BY_NAME
+               else export_stage.source_fingerprint(ctx.layout.mix_dir(name)) for name in cfg.mixes}
+    return export_stage.export_fingerprint(sources, cfg)
+
+
+def _run_export(ctx: Context, fingerprint: str) -> StageResult:
+    cfg = export_settings(ctx.job)
+    stats = export_stage.export({name: ctx.layout.mix_dir(name) for name in cfg.mixes}, ctx.layout, cfg,
+                                fingerprint, name=ctx.job.name)
+    return StageResult("export", True, f"{stats['documents_out']:,} copies of {', '.join(cfg.mixes)} as "
+                       f"{', '.join(cfg.formats)} in {ctx.layout.root / export_stage.STAGE}", stats["documents_in"],
+                       stats["documents_out"], {}, [], stats)
+
+
 def _always(job: Job) -> bool:
     return True
 
@@ -281,6 +310,8 @@ STAGES: list[Stage] = [
           lambda lay: [lay.mix_dir("control") / "README.md"], _run_control, _audit_control),
     Stage("report", "finish", _always, _report_fingerprint, lambda lay: lay.stats("report"),
           lambda lay: [lay.report_dir / report_stage.INDEX_FILE], _run_report),
+    Stage("export", "export", _has_export, _export_fingerprint, lambda lay: lay.stats("export"),
+          lambda lay: [lay.root / export_stage.STAGE], _run_export),
 ]
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 

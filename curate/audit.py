@@ -142,3 +142,25 @@ def audit_mix(mix_dir: Path, scored_rows: int | None) -> StageAudit:
         result.check("shard rows vs documents out", rows, stats["documents_out"])
         result.check("repeats in shards vs copies", copies, stats["copies_out"])
     return result
+
+
+def audit_export(layout: Layout) -> StageAudit:
+    """Every export holds each copy of its mix once: rows (Parquet, JSONL) or documents (tokens) =
+    the mix's copies, counted from the files themselves."""
+    from curate.export import tokenized_files
+
+    result = StageAudit("export")
+    stats = read_json(layout.stats("export"))
+    for name, made in stats["mixes"].items():
+        copies = read_json(Path(made["folder"]) / STATS_FILE)["copies_out"]
+        result.counts[f"{name} copies"] = copies
+        for fmt, info in made["formats"].items():
+            folder = Path(info["folder"])
+            if fmt == "parquet":
+                found = parquet_rows(sorted((folder / "data").glob("*.parquet")))
+            elif fmt == "jsonl":
+                found = sum(count_rows(str(f)) for f in sorted((folder / "data").glob("*.jsonl")))
+            else:
+                found = tokenized_files(folder)["documents"]
+            result.check(f"{name} {fmt} documents vs the mix's copies", found, copies)
+    return result

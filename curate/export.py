@@ -158,7 +158,10 @@ def tokenized_files(folder: Path) -> dict:
     from datatrove.pipeline.tokens.merger import load_doc_ends
 
     files = sorted(folder.glob("*.ds"))
-    ends = [load_doc_ends(open(f"{f}.index", "rb")) for f in files]
+    ends = []
+    for f in files:
+        with open(f"{f}.index", "rb") as index:
+            ends.append(load_doc_ends(index))
     sizes = {int(Path(f"{f}.metadata").read_text().splitlines()[0].rsplit("|", 1)[1]) for f in files}
     return {"files": [f.name for f in files], "documents": int(sum(len(e) for e in ends)),
             "tokens": int(sum(e[-1] for e in ends if len(e))), "token_size": sizes.pop() if len(sizes) == 1 else None}

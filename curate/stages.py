@@ -311,7 +311,7 @@ STAGES: list[Stage] = [
     Stage("report", "finish", _always, _report_fingerprint, lambda lay: lay.stats("report"),
           lambda lay: [lay.report_dir / report_stage.INDEX_FILE], _run_report),
     Stage("export", "export", _has_export, _export_fingerprint, lambda lay: lay.stats("export"),
-          lambda lay: [lay.root / export_stage.STAGE], _run_export),
+          lambda lay: [lay.root / export_stage.STAGE], _run_export, lambda lay, done: audit_stage.audit_export(lay)),
 ]
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 

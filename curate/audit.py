@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from curate.io import count_rows, read_json
-from curate.layout import STATS_FILE, Layout, dataset_files
+from curate.io import count_rows, read_json, read_tables
+from curate.layout import STATS_FILE, Layout, dataset_files, location
 from curate.schema import ID, REPEATS
 
 
@@ -41,7 +41,8 @@ class StageAudit:
 
 
 def parquet_rows(files) -> int:
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    """Rows of Parquet files (local or in a store), from their footers."""
+    return sum(count_rows(str(f)) for f in files)
 
 
 def _stat_total(value) -> int:
@@ -125,11 +126,12 @@ def audit_labels(layout: Layout) -> StageAudit:
 
 def audit_mix(mix_dir: Path, scored_rows: int | None) -> StageAudit:
     """Scored rows = mix input = out + dropped; the shards hold the documents (or copies) stats say."""
-    result = StageAudit(Path(mix_dir).name)
-    stats = read_json(Path(mix_dir) / STATS_FILE)
+    mix_dir = location(mix_dir)
+    result = StageAudit(mix_dir.name)
+    stats = read_json(mix_dir / STATS_FILE)
     shards = dataset_files(mix_dir)
     rows = parquet_rows(shards)
-    copies = sum(sum(pq.read_table(s, columns=[REPEATS]).column(REPEATS).to_pylist()) for s in shards)
+    copies = sum(read_tables(shards, columns=[REPEATS]).column(REPEATS).to_pylist()) if shards else 0
     result.dropped = dict(stats["dropped"])
     result.counts = {"in": stats["documents_in"], "out": stats["documents_out"], "copies": stats["copies_out"],
                      "rows": rows}
@@ -152,14 +154,14 @@ def audit_export(layout: Layout) -> StageAudit:
     result = StageAudit("export")
     stats = read_json(layout.stats("export"))
     for name, made in stats["mixes"].items():
-        copies = read_json(Path(made["folder"]) / STATS_FILE)["copies_out"]
+        copies = read_json(location(made["folder"]) / STATS_FILE)["copies_out"]
         result.counts[f"{name} copies"] = copies
         for fmt, info in made["formats"].items():
-            folder = Path(info["folder"])
+            folder = location(info["folder"])
             if fmt == "parquet":
-                found = parquet_rows(sorted((folder / "data").glob("*.parquet")))
+                found = parquet_rows(sorted((folder / "data").glob("*.parquet"), key=str))
             elif fmt == "jsonl":
-                found = sum(count_rows(str(f)) for f in sorted((folder / "data").glob("*.jsonl")))
+                found = sum(count_rows(str(f)) for f in sorted((folder / "data").glob("*.jsonl"), key=str))
             else:
                 found = tokenized_files(folder)["documents"]
             result.check(f"{name} {fmt} documents vs the mix's copies", found, copies)

@@ -126,7 +126,7 @@ def _cmd_status(args) -> int:
     from curate.io import read_json
     from curate.stages import STAGES
 
-    layout = _existing_folder(args.output_dir)
+    layout = _existing_folder(args)
     for stage in STAGES:
         marker = stage.marker(layout)
         if marker.exists():
@@ -144,7 +144,7 @@ def _cmd_status(args) -> int:
 def _cmd_train(args) -> int:
     from curate.train import train
 
-    layout = Layout(args.out)
+    layout = _layout(args)
     card = train(args.labels, layout.classifier_dir, model_from_options(TrainConfig, args), seed=args.seed)
     for behavior, m in card["metrics"].items():
         auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
@@ -156,7 +156,7 @@ def _cmd_train(args) -> int:
 def _cmd_score(args) -> int:
     from curate.score import check_model, score
 
-    layout = Layout(args.out)
+    layout = _layout(args)
     files = _inputs(args)
     model = Path(args.model) if args.model else layout.model_file
     check_model(model)
@@ -174,7 +174,7 @@ def _cmd_mix(args) -> int:
     from curate.filters import current_drops
     from curate.mix import mix
 
-    layout = Layout(args.out)
+    layout = _layout(args)
     exclude = None if args.no_filters else current_drops(layout)
     if exclude is not None:
         print(f"leaving out the {len(exclude)} documents dropped by the filters in {layout.drops_file}")
@@ -205,12 +205,12 @@ def _cmd_export(args) -> int:
         sources[name] = Path(folder)
     cfg = model_from_options(ExportConfig, args, formats=args.formats or ["parquet"], mixes=list(sources),
                              seed=args.seed)
-    stats = export(sources, Layout(args.out), cfg, name=args.name)
+    stats = export(sources, _layout(args), cfg, name=args.name)
     for name, exported in stats["mixes"].items():
         for fmt, made in exported["formats"].items():
             print(f"{name} as {fmt}: {made['documents']:,} documents (copies), {made['tokens']:,} tokens "
                   f"in {made['folder']}")
-    print(f"stats in {Layout(args.out).stats('export')}")
+    print(f"stats in {_layout(args).stats('export')}")
     return 0
 
 
@@ -222,7 +222,7 @@ def _cmd_filter(args) -> int:
                  for path in args.eval]
     cfg = FiltersConfig(dedup=model_from_options(DedupConfig, args),
                         decontaminate=DecontaminationConfig(ngram=args.ngram, eval_sets=eval_sets))
-    layout = Layout(args.out)
+    layout = _layout(args)
     report = run_filters(_inputs(args), layout, cfg, tasks=args.tasks, workers=args.workers)
     for match in report.get("contamination", {}).get("matches", []):
         print(f"contamination: {match['document']} <- {', '.join(match['items'])}")
@@ -231,17 +231,17 @@ def _cmd_filter(args) -> int:
     return 0
 
 
-def _existing_folder(path: str) -> Layout:
-    """The layout of an output folder that exists."""
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"{path}: no such output folder")
-    return Layout(path)
+def _existing_folder(args) -> Layout:
+    """The layout of an output folder that exists (its data outputs in --data-dir when given)."""
+    if not Path(args.output_dir).is_dir():
+        raise FileNotFoundError(f"{args.output_dir}: no such output folder")
+    return Layout(args.output_dir, args.data_dir)
 
 
 def _cmd_report(args) -> int:
     from curate.report import write_report
 
-    written = write_report(_existing_folder(args.output_dir), name=args.name, labels=args.labels)
+    written = write_report(_existing_folder(args), name=args.name, labels=args.labels)
     if written["agreement"] and written["agreement"]["documents"]:
         for behavior, m in written["agreement"]["behaviors"].items():
             auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
@@ -255,7 +255,7 @@ def _cmd_report(args) -> int:
 def _cmd_audit(args) -> int:
     from curate.stages import audit
 
-    results = audit(_existing_folder(args.output_dir))
+    results = audit(_existing_folder(args))
     for stage in results:
         dropped = ", ".join(f"{k} {v}" for k, v in stage.dropped.items() if v) or "none"
         counts = ", ".join(f"{k} {v}" for k, v in stage.counts.items())
@@ -268,7 +268,7 @@ def _cmd_audit(args) -> int:
 def _cmd_sample(args) -> int:
     from curate.sample import sample
 
-    layout = Layout(args.out)
+    layout = _layout(args)
     stats = sample(_inputs(args), layout, model_from_options(SampleConfig, args), seed=args.seed)
     print(f"{stats['documents_out']} of {stats['documents_in']} documents ({stats['near_duplicates_skipped']} "
           f"near-duplicates skipped) in {layout.sample_file}")
@@ -278,7 +278,7 @@ def _cmd_sample(args) -> int:
 def _cmd_label(args) -> int:
     from curate.label import label
 
-    layout = Layout(args.out)
+    layout = _layout(args)
     cfg = model_from_options(LabelConfig, args)
     sample = Path(args.sample) if args.sample else layout.sample_file
     if not sample.is_file():
@@ -350,6 +350,18 @@ def _add_inputs(parser: argparse.ArgumentParser, what: str = "Parquet/JSONL file
 def _add_out(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (laid out like a job's output_dir; "
                                                      "the stages run by hand share it)")
+    _add_data_dir(parser)
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None, help="where the data outputs are (scores, filter decisions, "
+                                                         "mixes, exports): a folder or a URL (default: the output "
+                                                         "folder); credentials come from the environment")
+
+
+def _layout(args) -> Layout:
+    """The output folder of a stage command (its data outputs in --data-dir when given)."""
+    return Layout(args.out, getattr(args, "data_dir", None))
 
 
 def _add_seed(parser: argparse.ArgumentParser) -> None:
@@ -370,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="which stages of an output folder finished, and its Slurm jobs' progress")
     p.add_argument("output_dir", help="the job's output_dir (or a stage command's --out)")
+    _add_data_dir(p)
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("sample", help="a seeded sample of documents to label, near-duplicates removed")
@@ -448,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output_dir", help="a job's output_dir (or a stage command's --out)")
     p.add_argument("--labels", default=None, help="labels file: plot the classifier's agreement with it")
     p.add_argument("--name", default=None, help="title (default: the folder's name)")
+    _add_data_dir(p)
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("bootstrap", help="rounds of score the pool -> pick uncertain/top documents -> label -> retrain")
@@ -456,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("audit", help="check that every document is accounted for in every stage of an output folder")
     p.add_argument("output_dir", help="a job's output_dir (or a stage command's --out)")
+    _add_data_dir(p)
     p.set_defaults(func=_cmd_audit)
     return parser
 

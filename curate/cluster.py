@@ -45,7 +45,7 @@ class JobStages(PipelineStep):
         if self.task == "train":
             ctx = stage_table.Context.for_job(self.job)
             score_stage.prepare(ctx.files, ctx.layout.model_file, ctx.layout, self.job.score)
-        layout = Layout(self.job.out)
+        layout = Layout(self.job.out, self.job.data_dir)
         write_json({r.stage: {"ran": r.ran, "why": r.why, "errors": r.errors} for r in results},
                    layout.slurm_dir / f"{self.task}.json")
         for result in results:
@@ -165,7 +165,7 @@ def submit_label(sample_path: str | Path, layout: Layout, cfg: LabelConfig, slur
     the sample into the output folder. Returns {"label": Slurm job id}."""
     from curate import label as label_stage
 
-    layout = Layout(layout.root.resolve())
+    layout = Layout(layout.root.resolve(), layout.data if layout.data != layout.root else None)
     _refuse_if_active(layout)
     step = StageCall("label", label_stage.label, str(Path(sample_path).resolve()), layout, cfg)
     label = _one_task(step, layout.slurm_dir / "label", slurm, "label", f"{slurm.job_name_prefix or 'curate'}-label")
@@ -176,7 +176,7 @@ def submit_score(files: list[str], model_path: str | Path, layout: Layout, cfg: 
                  slurm: SlurmConfig) -> dict[str, str]:
     """`curate score --executor slurm`: the scoring array (its unfinished ranks), then one task that
     writes the scores summary. Returns {task: Slurm job id}; {} when the scores are current."""
-    layout = Layout(layout.root.resolve())
+    layout = Layout(layout.root.resolve(), layout.data if layout.data != layout.root else None)
     _refuse_if_active(layout)
     files, model_path = [str(Path(f).resolve()) for f in files], Path(model_path).resolve()
     tokens, _, done = score_stage.prepare(files, model_path, layout, cfg)

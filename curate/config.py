@@ -293,6 +293,8 @@ class FiltersConfig(_Section):
 class Job(_Section):
     name: str
     output_dir: PathStr
+    data_dir: PathStr | None = Field(None, description="where the data outputs go (scores, filter decisions, mixes, "
+                                     "exports): a folder or an fsspec URL (s3://bucket/run); default: output_dir")
     seed: int = 0
     input: InputConfig
     train: TrainConfig = TrainConfig()

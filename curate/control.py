@@ -15,10 +15,10 @@ points) and the token-length deciles over copies (goal: within 10%).
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from curate.config import MixConfig
 from curate.executors import DaskCluster
+from curate.io import read_tables
 from curate.layout import Layout, dataset_files
 from curate.mix import BUDGET_TOLERANCE, Eligible, check_inputs_scored, seeded_uniform, write_dataset
 from curate.sample import host
@@ -153,7 +153,7 @@ def main_mix_copies(layout: Layout, eligible: Eligible) -> np.ndarray:
     shards = dataset_files(layout.mix_dir())
     if not shards:
         raise FileNotFoundError(f"{layout.mix_dir()}: no main mix to match (run the mix first)")
-    table = pq.read_table(shards, columns=[ID, REPEATS])
+    table = read_tables(shards, columns=[ID, REPEATS])
     copies = dict(zip(table.column(ID).to_pylist(), table.column(REPEATS).to_pylist()))
     repeats = np.zeros(len(eligible.ids), dtype=np.int64)
     for i in eligible.rows:

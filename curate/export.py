@@ -46,8 +46,11 @@ import pyarrow.parquet as pq
 
 from curate.card import metadata_block
 from curate.config import ExportConfig
-from curate.io import atomic_path, read_json, write_json, write_parquet, write_text
-from curate.layout import DATA_DIR, DATASET_CARD, STATS_FILE, Layout, dataset_files, fingerprint_of, input_stamps
+from curate.io import atomic_path, count_rows, read_json, read_table, write_json, write_parquet, write_text
+from curate.layout import (
+    DATA_DIR, DATASET_CARD, STATS_FILE, Layout, dataset_files, fingerprint_of, input_stamps, location,
+)
+from curate.storage import upload
 from curate.schema import ID, MIX_SCHEMA, N_TOKENS, REPEATS, TEXT, URL, WEIGHT
 
 STAGE = "export"
@@ -65,19 +68,19 @@ class ExportError(ValueError):
 
 
 def export_dir(layout: Layout, source: str) -> Path:
-    """The folder of one mix's exports: `OUT/export/<mix>/`, one subfolder per format."""
-    return layout.root / STAGE / source
+    """The folder of one mix's exports: `OUT/export/<mix>/` (under the data outputs), one subfolder per format."""
+    return layout.export_dir / source
 
 
 def read_mix(mix_dir: Path) -> tuple[dict, list[Path]]:
     """A finished mix's stats and shards; ExportError when the folder is not one."""
-    mix_dir = Path(mix_dir)
+    mix_dir = location(mix_dir)
     shards = dataset_files(mix_dir)
     if not (mix_dir / STATS_FILE).is_file() or not shards:
         raise ExportError(f"{mix_dir}: not a finished mix (needs {STATS_FILE} and {DATA_DIR}/*.parquet): "
                           "make the mix first")
     for shard in shards:
-        missing = [name for name in MIX_SCHEMA.names if name not in pq.read_schema(shard).names]
+        missing = [name for name in MIX_SCHEMA.names if name not in read_table(shard).schema.names]
         if missing:
             raise ExportError(f"{shard}: not a mix shard (no column {', '.join(missing)})")
     return read_json(mix_dir / STATS_FILE), shards
@@ -102,8 +105,8 @@ def export_fingerprint(sources: dict[str, str | list | None], cfg: ExportConfig)
 def _copies_per_row(shard: Path, materialized: bool) -> np.ndarray:
     """Copies of each row of a mix shard: its `repeats`, or 1 where the mix already wrote each copy as a row."""
     if materialized:
-        return np.ones(pq.ParquetFile(shard).metadata.num_rows, dtype=np.int64)
-    return pq.read_table(shard, columns=[REPEATS]).column(REPEATS).to_numpy().astype(np.int64)
+        return np.ones(count_rows(str(shard)), dtype=np.int64)
+    return read_table(shard, columns=[REPEATS]).column(REPEATS).to_numpy().astype(np.int64)
 
 
 def write_shuffled_copies(shards: list[Path], materialized: bool, out_dir: Path, work_dir: Path, seed: int,
@@ -114,13 +117,13 @@ def write_shuffled_copies(shards: list[Path], materialized: bool, out_dir: Path,
     counts = [_copies_per_row(shard, materialized) for shard in shards]
     total = int(sum(c.sum() for c in counts))
     if total == 0:
-        raise ExportError(f"{shards[0].parent.parent}: the mix has no copies to export")
+        raise ExportError(f"{location(shards[0]).parent.parent}: the mix has no copies to export")
     positions = np.random.default_rng(seed).permutation(total)
     buckets = work_dir / "buckets"
     shutil.rmtree(buckets, ignore_errors=True)
     start, tokens = 0, 0
     for i, (shard, copies) in enumerate(zip(shards, counts)):
-        table = pq.read_table(shard, columns=EXPORT_SCHEMA.names).take(np.repeat(np.arange(len(copies)), copies))
+        table = read_table(shard, columns=EXPORT_SCHEMA.names).take(np.repeat(np.arange(len(copies)), copies))
         position = positions[start:start + table.num_rows]
         start += table.num_rows
         tokens += int(pc.sum(table.column(N_TOKENS)).as_py() or 0)
@@ -157,12 +160,13 @@ def tokenized_files(folder: Path) -> dict:
     and the token size their `.ds.metadata` records."""
     from datatrove.pipeline.tokens.merger import load_doc_ends
 
-    files = sorted(folder.glob("*.ds"))
+    folder = location(folder)
+    files = sorted(folder.glob("*.ds"), key=str)
     ends = []
     for f in files:
-        with open(f"{f}.index", "rb") as index:
+        with location(f"{f}.index").open("rb") as index:
             ends.append(load_doc_ends(index))
-    sizes = {int(Path(f"{f}.metadata").read_text().splitlines()[0].rsplit("|", 1)[1]) for f in files}
+    sizes = {int(location(f"{f}.metadata").read_text().splitlines()[0].rsplit("|", 1)[1]) for f in files}
     return {"files": [f.name for f in files], "documents": int(sum(len(e) for e in ends)),
             "tokens": int(sum(e[-1] for e in ends if len(e))), "token_size": sizes.pop() if len(sizes) == 1 else None}
 
@@ -241,7 +245,9 @@ def export_mix(name: str, mix_dir: Path, layout: Layout, cfg: ExportConfig, seed
     """Export one mix folder in every format of `cfg` into `OUT/export/<name>/` (a format not asked for
     any more is removed there); returns its stats."""
     mix_stats, shards = read_mix(mix_dir)
-    out, work = export_dir(layout, name), layout.logs(STAGE) / "work" / name
+    target, work = export_dir(layout, name), layout.logs(STAGE) / "work" / name
+    # exports to a store are made in the work folder, then uploaded file by file (each object appears whole)
+    out = target if isinstance(target, Path) else work / "staged"
     for stale in ({"parquet", "jsonl", "tokens"} - set(cfg.formats)):
         shutil.rmtree(out / stale, ignore_errors=True)
     copies_dir = out / "parquet" / DATA_DIR if "parquet" in cfg.formats else work / "copies"
@@ -249,21 +255,32 @@ def export_mix(name: str, mix_dir: Path, layout: Layout, cfg: ExportConfig, seed
     made["shard_rows"] = cfg.shard_rows
     formats = {}
     if "parquet" in cfg.formats:
-        write_text(export_card(title, Path(mix_dir), mix_stats, made, seed), out / "parquet" / DATASET_CARD)
-        formats["parquet"] = {"folder": str(out / "parquet"), "files": len(made["shards"]),
+        write_text(export_card(title, location(mix_dir), mix_stats, made, seed), out / "parquet" / DATASET_CARD)
+        formats["parquet"] = {"folder": str(target / "parquet"), "files": len(made["shards"]),
                               "documents": made["copies"], "tokens": made["tokens"]}
     if "jsonl" in cfg.formats:
         written = write_jsonl(made["shards"], out / "jsonl" / DATA_DIR)
-        formats["jsonl"] = {"folder": str(out / "jsonl"), "files": len(written), "documents": made["copies"],
+        formats["jsonl"] = {"folder": str(target / "jsonl"), "files": len(written), "documents": made["copies"],
                             "tokens": made["tokens"]}
     if "tokens" in cfg.formats:
         tokens = write_tokens(name, copies_dir, len(made["shards"]), out / "tokens", work, cfg, seed)
         if tokens["documents"] != made["copies"]:
             raise ExportError(f"{out / 'tokens'}: {tokens['documents']} documents tokenized, {made['copies']} copies")
-        formats["tokens"] = {"folder": str(out / "tokens"), **tokens}
+        formats["tokens"] = {"folder": str(target / "tokens"), **tokens}
+    if out is not target:
+        publish(out, target, cfg.formats)
     shutil.rmtree(work, ignore_errors=True)
     return {"folder": str(mix_dir), "documents_in": int(mix_stats.get("documents_out", 0)),
             "copies": made["copies"], "mix_tokens_out": mix_stats.get("tokens_out"), "formats": formats}
+
+
+def publish(staged: Path, target, formats: list[str]) -> None:
+    """Upload a staged export to its folder in a store, replacing what each format held there."""
+    for fmt in formats:
+        if (target / fmt).exists():
+            (target / fmt).fs.rm((target / fmt).path, recursive=True)
+    for path in sorted(p for p in staged.rglob("*") if p.is_file()):
+        upload(path, str(target / str(path.relative_to(staged))))
 
 
 def export(sources: dict[str, Path], layout: Layout, cfg: ExportConfig, fingerprint: str | None = None,
@@ -276,10 +293,10 @@ def export(sources: dict[str, Path], layout: Layout, cfg: ExportConfig, fingerpr
     name = name or layout.root.resolve().name
     layout.stats(STAGE).unlink(missing_ok=True)  # files being replaced are no finished export of any settings
     for mix_dir in sources.values():
-        read_mix(Path(mix_dir))
+        read_mix(mix_dir)
     if "tokens" in cfg.formats:
         load_export_tokenizer(cfg)
-    exported = {source: export_mix(source, Path(mix_dir), layout, cfg, seed, f"{name}-{source}")
+    exported = {source: export_mix(source, mix_dir, layout, cfg, seed, f"{name}-{source}")
                 for source, mix_dir in sources.items()}
     stats = {
         "settings": cfg.model_dump(),

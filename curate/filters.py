@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate import decontaminate, dedup
 from curate.config import FiltersConfig
-from curate.io import Dropped, iter_readable, read_json, write_json, write_parquet
+from curate.io import Dropped, iter_readable, read_json, read_table, write_json, write_parquet
 from curate.layout import Layout, recorded_fingerprint
 from curate.readers import OpenWebMathReader
 from curate.schema import BEHAVIOR_SCORE, CONTAMINATION, DETAIL, DROPS_SCHEMA, ID, NEAR_DUPLICATE, REASON, TEXT
@@ -91,7 +90,7 @@ def run_filters(files: list[str], layout: Layout, cfg: FiltersConfig, tasks: int
 
 def read_drops(layout: Layout) -> dict[str, str]:
     """{id: reason} of the documents a filter run kept out of the mix."""
-    table = pq.read_table(layout.drops_file, columns=[ID, REASON])
+    table = read_table(layout.drops_file, columns=[ID, REASON])
     return dict(zip(table.column(ID).to_pylist(), table.column(REASON).to_pylist()))
 
 

@@ -261,6 +261,19 @@ def count_rows(path: str) -> int:
         raise InputError(f"{path}: {what} ({detail})") from None
 
 
+def read_table(path, columns: list[str] | None = None) -> pa.Table:
+    """A whole Parquet file (a local path, a URL, or a path object of either) as an Arrow table."""
+    path = str(path)
+    with _parquet_file(path) as pf:
+        return pf.read(columns=columns)
+
+
+def read_tables(paths, columns: list[str] | None = None) -> pa.Table:
+    """Parquet files of one schema read one after another into one table."""
+    tables = [read_table(p, columns) for p in paths]
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
 def to_document(record: dict, path: str, row: int) -> dict | Dropped:
     """Validate one raw row into a document dict (id, url, text, date, metadata) or a `Dropped`."""
     text = record.get(TEXT)

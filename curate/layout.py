@@ -13,6 +13,10 @@ beside the data in `logs/<stage>/`:
     OUT/mix/, OUT/control/             Hugging Face dataset layout: README.md (card), stats.json, data/*.parquet
     OUT/report/                        plots and index.html
     OUT/logs/<stage>/                  stats.json (with the fingerprint), logs, checkpoints
+
+The data outputs (scores, filter decisions, mixes, exports) can live apart from the rest, in
+another folder or an object store (`data_dir`: an fsspec URL such as `s3://bucket/run`); logs,
+checkpoints, the classifier and the report stay in the (local) output folder.
 """
 
 from __future__ import annotations
@@ -23,21 +27,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curate.io import read_json, write_text
-from curate.storage import stamp
+from curate.storage import local_path, stamp
 
 STATS_FILE = "stats.json"
 MODEL_FILE, CARD_FILE, OOF_FILE = "model.bin", "card.json", "oof.parquet"
 DATA_DIR, DATASET_CARD = "data", "README.md"
 
 
+def location(path: str | Path):
+    """A file or folder as a path object: `pathlib.Path` for a local path (or `file://` URL), a
+    universal_pathlib `UPath` (the same API over fsspec) for a URL of a store."""
+    local = local_path(str(path))
+    if local is not None:
+        return Path(local)
+    from upath import UPath
+
+    return UPath(str(path))
+
+
 @dataclass(frozen=True)
 class Layout:
-    """The folders and files of one output folder (a job's `output_dir`, or the `--out` of a stage command)."""
+    """The folders and files of one output folder (a job's `output_dir`, or the `--out` of a stage
+    command); `data` is where the data outputs go (default: the output folder itself)."""
 
     root: Path
+    data: Path | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "root", Path(self.root))
+        object.__setattr__(self, "data", self.root if self.data is None else location(self.data))
 
     def logs(self, stage: str) -> Path:
         """The folder of a stage's stats, logs and checkpoints."""
@@ -73,15 +91,19 @@ class Layout:
 
     @property
     def scores_dir(self) -> Path:
-        return self.root / "scores"
+        return self.data / "scores"
 
     @property
     def drops_file(self) -> Path:
-        return self.root / "filters" / "drops.parquet"
+        return self.data / "filters" / "drops.parquet"
 
     def mix_dir(self, which: str = "mix") -> Path:
-        """A mix in the Hugging Face dataset layout (`mix`, or the matched `control`)."""
-        return self.root / which
+        """A mix in the Hugging Face dataset layout (`mix`, the matched `control`, `rewrite`)."""
+        return self.data / which
+
+    @property
+    def export_dir(self) -> Path:
+        return self.data / "export"
 
     @property
     def report_dir(self) -> Path:
@@ -94,7 +116,7 @@ class Layout:
 
 def dataset_files(mix_dir: Path) -> list[Path]:
     """The Parquet shards of a mix folder, in order."""
-    return sorted((Path(mix_dir) / DATA_DIR).glob("*.parquet"))
+    return sorted((location(mix_dir) / DATA_DIR).glob("*.parquet"), key=str)
 
 
 def fingerprint_of(*parts) -> str:

@@ -18,8 +18,8 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers.parquet import ParquetWriter
 
 from curate.config import ScoreConfig
-from curate.io import Dropped, file_sha256, iter_readable, read_json, write_json
-from curate.layout import CARD_FILE, Layout, claim, input_stamps, is_current
+from curate.io import Dropped, count_rows, file_sha256, iter_readable, read_json, write_json
+from curate.layout import CARD_FILE, Layout, claim, input_stamps, is_current, location
 from curate.readers import OpenWebMathReader
 from curate.schema import BEHAVIOR_SCORE, ID, N_TOKENS, PROB_COLUMNS, SCORE_COLUMNS, SCORES_SCHEMA, TEXT
 
@@ -164,9 +164,10 @@ def datatrove_logs(layout: Layout) -> Path:
     return layout.logs(STAGE) / DATATROVE_DIR
 
 
-def scored_shards(scores_dir: str | Path) -> list[str]:
-    """The finished attribute shards of a scores folder, in rank order."""
-    return sorted(str(p) for p in Path(scores_dir).glob("[0-9]*.parquet"))
+def scored_shards(scores_dir) -> list[str]:
+    """The finished attribute shards of a scores folder (a local path or a URL), in rank order."""
+    folder = location(scores_dir)
+    return sorted(str(p) for p in folder.glob("[0-9]*.parquet")) if folder.exists() else []
 
 
 def file_errors(layout: Layout) -> list[dict]:
@@ -195,8 +196,8 @@ def claim_scores(layout: Layout, fingerprint: str) -> None:
     def clear():
         shutil.rmtree(datatrove_logs(layout) / "completions", ignore_errors=True)
         shutil.rmtree(layout.logs(STAGE) / ERRORS_DIR, ignore_errors=True)
-        for old in layout.scores_dir.glob("*.parquet"):
-            old.unlink()
+        for old in scored_shards(layout.scores_dir):
+            location(old).unlink()
 
     claim(layout.logs(STAGE), fingerprint, clear)
 
@@ -204,7 +205,8 @@ def claim_scores(layout: Layout, fingerprint: str) -> None:
 def prepare(files: list[str], model_path: str | Path, layout: Layout, cfg: ScoreConfig) -> tuple[dict, str, bool]:
     """Token settings and fingerprint of a scoring run, and whether it is already done; when it is
     not, readies the scores folder for it (see `claim_scores`)."""
-    layout.scores_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(layout.scores_dir, Path):
+        layout.scores_dir.mkdir(parents=True, exist_ok=True)
     tokens = token_settings(files, layout, cfg)
     fingerprint = scores_fingerprint(model_path, files, cfg, tokens.get("chars_per_token"))
     done = is_current(layout.stats(STAGE), fingerprint)
@@ -216,11 +218,9 @@ def prepare(files: list[str], model_path: str | Path, layout: Layout, cfg: Score
 def summarize(files: list[str], layout: Layout, tokens: dict, fingerprint: str) -> dict:
     """Record a finished scoring run: `logs/score/stats.json` with the fingerprint, inputs, token
     settings, documents scored and the input files that could not be read."""
-    import pyarrow.parquet as pq
-
     errors = file_errors(layout)
     stats = {"fingerprint": fingerprint, "input_files": files, "tokens": tokens,
-             "documents_out": sum(pq.ParquetFile(s).metadata.num_rows for s in scored_shards(layout.scores_dir)),
+             "documents_out": sum(count_rows(s) for s in scored_shards(layout.scores_dir)),
              "file_errors": [e["error"] for e in errors]}
     write_json(stats, layout.stats(STAGE))
     return stats

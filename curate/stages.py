@@ -58,7 +58,7 @@ class Context:
 
     @classmethod
     def for_job(cls, job: Job) -> Context:
-        return cls(job, Layout(job.out), list_input_files(job.input.paths, job.input.glob))
+        return cls(job, Layout(job.out, job.data_dir), list_input_files(job.input.paths, job.input.glob))
 
     def fingerprint(self, name: str) -> str | None:
         """The fingerprint of stage `name` from its current inputs (memoized; None when the stage
@@ -284,7 +284,7 @@ def _run_export(ctx: Context, fingerprint: str) -> StageResult:
     stats = export_stage.export({name: ctx.layout.mix_dir(name) for name in cfg.mixes}, ctx.layout, cfg,
                                 fingerprint, name=ctx.job.name)
     return StageResult("export", True, f"{stats['documents_out']:,} copies of {', '.join(cfg.mixes)} as "
-                       f"{', '.join(cfg.formats)} in {ctx.layout.root / export_stage.STAGE}", stats["documents_in"],
+                       f"{', '.join(cfg.formats)} in {ctx.layout.export_dir}", stats["documents_in"],
                        stats["documents_out"], {}, [], stats)
 
 
@@ -311,7 +311,7 @@ STAGES: list[Stage] = [
     Stage("report", "finish", _always, _report_fingerprint, lambda lay: lay.stats("report"),
           lambda lay: [lay.report_dir / report_stage.INDEX_FILE], _run_report),
     Stage("export", "export", _has_export, _export_fingerprint, lambda lay: lay.stats("export"),
-          lambda lay: [lay.root / export_stage.STAGE], _run_export, lambda lay, done: audit_stage.audit_export(lay)),
+          lambda lay: [lay.export_dir], _run_export, lambda lay, done: audit_stage.audit_export(lay)),
 ]
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 

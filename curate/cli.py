@@ -92,8 +92,14 @@ def _cmd_run(args) -> int:
     if args.executor:
         job.executor = args.executor
     if job.executor == "slurm":
-        from curate.cluster import submit
+        from curate.cluster import chain, submit
 
+        if args.dry_run:
+            from curate.executors import sbatch_script
+
+            for task, executor in chain(job, ask_partition=False).items():
+                print(f"# the sbatch script of the {task} task\n{sbatch_script(executor)}")
+            return 0
         return _print_submitted(submit(job), job.out)
     start = time.monotonic()
     results = run_job(job)
@@ -287,6 +293,12 @@ def _cmd_label(args) -> int:
         from curate.label import dry_run
 
         print(dry_run(sample, layout, cfg))
+        if args.executor == "slurm":
+            from curate.cluster import label_executor
+            from curate.executors import sbatch_script
+
+            print("# the sbatch script of the label task\n"
+                  + sbatch_script(label_executor(sample, layout, cfg, _site_settings(args), ask_partition=False)))
         return 0
     if args.executor == "slurm":
         from curate.cluster import submit_label
@@ -378,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", help="job YAML file, e.g. jobs/dryrun.yaml")
     p.add_argument("--executor", choices=["local", "slurm"], default=None,
                    help="run here, or submit the chain of Slurm array jobs and return (default: the job's `executor`)")
+    p.add_argument("--dry-run", action="store_true", help="with the slurm executor: print the sbatch script of "
+                                                          "each task of the chain instead of submitting")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("status", help="which stages of an output folder finished, and its Slurm jobs' progress")

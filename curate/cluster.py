@@ -109,11 +109,12 @@ def _launch(executors: dict, layout: Layout) -> dict[str, str]:
     return {task: s["job_id"] for task, s in submitted.items()}
 
 
-def _one_task(step: PipelineStep, logging_dir: Path, slurm: SlurmConfig, task: str, job_name: str, depends=None):
+def _one_task(step: PipelineStep, logging_dir: Path, slurm: SlurmConfig, task: str, job_name: str, depends=None,
+              ask_partition: bool = True):
     """A one-task Slurm job that runs again when submitted (its completion is forgotten)."""
     (logging_dir / "completions" / "00000").unlink(missing_ok=True)
     return build_executor([step], tasks=1, workers=1, logging_dir=logging_dir, slurm=slurm, task=task,
-                          job_name=job_name, depends=depends)
+                          job_name=job_name, depends=depends, ask_partition=ask_partition)
 
 
 def plan(ctx: stage_table.Context) -> dict[str, list[str]]:
@@ -132,11 +133,11 @@ def plan(ctx: stage_table.Context) -> dict[str, list[str]]:
     return tasks
 
 
-def submit(job: Job) -> dict[str, str]:
-    """Submit the job's chain to Slurm and return {task: Slurm job id} ({} when every stage is current)."""
+def chain(job: Job, ask_partition: bool = True) -> dict:
+    """{Slurm task: its executor} of the job's chain, each depending on the one before, for the
+    stages that are not current (`plan`); nothing is submitted."""
     ctx = stage_table.Context.for_job(job)
     layout, slurm, prefix = ctx.layout, job.slurm, stage_table.job_name_prefix(job)
-    _refuse_if_active(layout)
     tasks = plan(ctx)
     executors: dict = {}
     previous = None
@@ -150,26 +151,40 @@ def submit(job: Job) -> dict[str, str]:
             pipeline = score_stage.build_pipeline(ctx.files, layout.model_file, layout, job.score, tokens)
             executor = build_executor(pipeline, tasks=job.score.tasks, workers=job.score.workers,
                                       logging_dir=score_stage.datatrove_logs(layout), slurm=slurm, task="score",
-                                      job_name=f"{prefix}-score", depends=previous)
+                                      job_name=f"{prefix}-score", depends=previous, ask_partition=ask_partition)
         else:
             executor = _one_task(JobStages(job, task, names), layout.slurm_dir / task, slurm, task,
-                                 f"{prefix}-{task}", depends=previous)
+                                 f"{prefix}-{task}", depends=previous, ask_partition=ask_partition)
         executors[task] = previous = executor
-    if not executors:
-        return {}
-    return _launch(executors, layout)
+    return executors
 
 
-def submit_label(sample_path: str | Path, layout: Layout, cfg: LabelConfig, slurm: SlurmConfig) -> dict[str, str]:
-    """`curate label --executor slurm`: one Slurm task (with the `label` resources, e.g. GPUs) labels
-    the sample into the output folder. Returns {"label": Slurm job id}."""
+def submit(job: Job) -> dict[str, str]:
+    """Submit the job's chain to Slurm and return {task: Slurm job id} ({} when every stage is current)."""
+    layout = stage_table.Context.for_job(job).layout
+    _refuse_if_active(layout)
+    executors = chain(job)
+    return _launch(executors, layout) if executors else {}
+
+
+def label_executor(sample_path: str | Path, layout: Layout, cfg: LabelConfig, slurm: SlurmConfig,
+                   ask_partition: bool = True):
+    """The one-task Slurm executor of `curate label --executor slurm` (the `label` resources, e.g. GPUs)."""
     from curate import label as label_stage
 
     layout = Layout(layout.root.resolve(), layout.data if layout.data != layout.root else None)
-    _refuse_if_active(layout)
     step = StageCall("label", label_stage.label, str(Path(sample_path).resolve()), layout, cfg)
-    label = _one_task(step, layout.slurm_dir / "label", slurm, "label", f"{slurm.job_name_prefix or 'curate'}-label")
-    return _launch({"label": label}, layout)
+    return build_executor([step], tasks=1, workers=1, logging_dir=layout.slurm_dir / "label", slurm=slurm,
+                          task="label", job_name=f"{slurm.job_name_prefix or 'curate'}-label",
+                          ask_partition=ask_partition)
+
+
+def submit_label(sample_path: str | Path, layout: Layout, cfg: LabelConfig, slurm: SlurmConfig) -> dict[str, str]:
+    """`curate label --executor slurm`: one Slurm task labels the sample into the output folder.
+    Returns {"label": Slurm job id}."""
+    _refuse_if_active(layout)
+    (layout.slurm_dir / "label" / "completions" / "00000").unlink(missing_ok=True)
+    return _launch({"label": label_executor(sample_path, layout, cfg, slurm)}, layout)
 
 
 def submit_score(files: list[str], model_path: str | Path, layout: Layout, cfg: ScoreConfig,

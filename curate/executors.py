@@ -60,10 +60,12 @@ class SiteSlurmExecutor(SlurmPipelineExecutor):
 
 
 def build_executor(pipeline: list, *, tasks: int, workers: int, logging_dir: str | Path,
-                   slurm: SlurmConfig | None = None, task: str = "score", job_name: str = "curate", depends=None):
+                   slurm: SlurmConfig | None = None, task: str = "score", job_name: str = "curate", depends=None,
+                   ask_partition: bool = True):
     """A LocalPipelineExecutor, or with `slurm` site settings a Slurm executor whose `run()` submits an
     array job of `tasks` ranks (at most `workers` at a time, after `depends` succeeded) with the
-    resources of the chain's `task` (`slurm.stages.<task>` over the section's defaults)."""
+    resources of the chain's `task` (`slurm.stages.<task>` over the section's defaults). Without
+    `ask_partition` an unset partition stays a placeholder (no `sinfo`: for printing the script)."""
     if slurm is None:
         from datatrove.executor import LocalPipelineExecutor
 
@@ -72,7 +74,8 @@ def build_executor(pipeline: list, *, tasks: int, workers: int, logging_dir: str
     resources = slurm.resources(task)
     return SiteSlurmExecutor(
         pipeline=pipeline, tasks=tasks, workers=workers, logging_dir=str(Path(logging_dir).resolve()),
-        partition=resources.partition or default_partition(), time=resources.time,
+        partition=resources.partition or (default_partition() if ask_partition else "<the cluster's default>"),
+        time=resources.time,
         cpus_per_task=resources.cpus_per_task, mem_per_cpu_gb=resources.mem_per_cpu_gb,
         gpus_per_task=resources.gpus, gpu_request=resources.gpu_request, job_name=job_name,
         env_command=slurm.env_command, sbatch_args=dict(resources.sbatch_args), max_array_size=slurm.max_array_size,
@@ -122,3 +125,9 @@ class DaskCluster:
                 yield client
         finally:
             cluster.close()
+
+
+def sbatch_script(executor: SlurmPipelineExecutor) -> str:
+    """The sbatch script a Slurm executor submits (datatrove's own template and arguments), without submitting."""
+    run = f"srun -l -n {executor.nodes_per_task} launch_pickled_pipeline {Path(executor.logging_dir.path) / 'executor.pik'}"
+    return executor.get_launch_file_contents(executor.get_sbatch_args(1), run)

@@ -114,3 +114,30 @@ def test_paths_expand_environment_variables_and_the_bundled_data(tmp_path, monke
     path.write_text("name: x\noutput_dir: $CURATE_UNSET_VARIABLE/out\ninput: {paths: [a]}\n")
     with pytest.raises(JobError, match="CURATE_UNSET_VARIABLE is not set"):
         load_job(path)
+
+
+def test_each_slurm_task_asks_for_its_own_resources(tmp_path):
+    """The label task of jobs/label-qwen32b.yaml's chain asks for its GPUs, CPUs and memory; the other
+    tasks keep the section's defaults (sbatch scripts rendered as datatrove writes them, not submitted)."""
+    import yaml
+
+    from curate.cluster import chain
+    from curate.config import load_job
+    from curate.executors import sbatch_script
+    from tests.conftest import BUNDLED_DOCS
+
+    raw = yaml.safe_load((REPO / "jobs" / "label-qwen32b.yaml").read_text())
+    raw.update(output_dir=str(tmp_path / "out"), input={"paths": [str(BUNDLED_DOCS)]}, executor="slurm")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+    scripts = {task: sbatch_script(ex) for task, ex in chain(load_job(tmp_path / "job.yaml"), ask_partition=False).items()}
+    assert list(scripts) == ["sample", "label", "train", "score", "finish"]
+    label = scripts["label"]
+    for line in ("--gpus=2", "--cpus-per-task=16", "--mem-per-cpu=8G", "--partition=gpu", "--time=24:00:00"):
+        assert f"#SBATCH {line}\n" in label, (line, label)
+    for task in ("sample", "train", "score", "finish"):
+        assert "--gpus" not in scripts[task] and "#SBATCH --cpus-per-task=1\n" in scripts[task], scripts[task]
+        assert "#SBATCH --mem-per-cpu=2G\n" in scripts[task] and "#SBATCH --time=04:00:00\n" in scripts[task]
+    raw["slurm"]["stages"]["label"]["gpu_request"] = "gres"
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+    label = sbatch_script(chain(load_job(tmp_path / "job.yaml"), ask_partition=False)["label"])
+    assert "#SBATCH --gres=gpu:2\n" in label and "--gpus" not in label

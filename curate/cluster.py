@@ -133,12 +133,12 @@ def plan(ctx: stage_table.Context) -> dict[str, list[str]]:
     return tasks
 
 
-def chain(job: Job, ask_partition: bool = True) -> dict:
+def chain(job: Job, ask_partition: bool = True, tasks: dict[str, list[str]] | None = None) -> dict:
     """{Slurm task: its executor} of the job's chain, each depending on the one before, for the
-    stages that are not current (`plan`); nothing is submitted."""
+    stages that are not current (`plan`, unless given); nothing is submitted."""
     ctx = stage_table.Context.for_job(job)
     layout, slurm, prefix = ctx.layout, job.slurm, stage_table.job_name_prefix(job)
-    tasks = plan(ctx)
+    tasks = plan(ctx) if tasks is None else tasks
     executors: dict = {}
     previous = None
     for task, names in tasks.items():
@@ -160,11 +160,14 @@ def chain(job: Job, ask_partition: bool = True) -> dict:
 
 
 def submit(job: Job) -> dict[str, str]:
-    """Submit the job's chain to Slurm and return {task: Slurm job id} ({} when every stage is current)."""
-    layout = stage_table.Context.for_job(job).layout
-    _refuse_if_active(layout)
-    executors = chain(job)
-    return _launch(executors, layout) if executors else {}
+    """Submit the job's chain to Slurm and return {task: Slurm job id} ({} when every stage is current,
+    decided from the recorded fingerprints alone: no Slurm command runs then)."""
+    ctx = stage_table.Context.for_job(job)
+    tasks = plan(ctx)
+    if not tasks:
+        return {}
+    _refuse_if_active(ctx.layout)
+    return _launch(chain(job, tasks=tasks), ctx.layout)
 
 
 def label_executor(sample_path: str | Path, layout: Layout, cfg: LabelConfig, slurm: SlurmConfig,

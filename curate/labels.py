@@ -68,7 +68,14 @@ def read_evidence(path: str | Path) -> list[dict[str, list[str]]]:
 
 
 def read_counts(path: str | Path) -> dict[str, dict[str, int | None]]:
-    """id -> {behavior: count or None} of a labels file."""
+    """id -> {behavior: count or None} of a labels file (LabelsError, one line, when it is not one)."""
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for unreadable files
+        raise LabelsError(f"{path}: not a readable labels file: {str(e).splitlines()[0]}") from None
+    missing = [c for c in (ID, *BEHAVIORS) if c not in schema.names]
+    if missing:
+        raise LabelsError(f"{path}: labels file lacks column(s) {', '.join(missing)}")
     table = pq.read_table(path, columns=[ID, *BEHAVIORS])
     columns = {c: table[c].to_pylist() for c in (ID, *BEHAVIORS)}
     return {i: {b: columns[b][k] for b in BEHAVIORS} for k, i in enumerate(columns[ID])}

@@ -5,6 +5,7 @@ stages (against a real llama.cpp server) as Slurm jobs, and `curate label --exec
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -65,8 +66,8 @@ def wait_for_chain(out: Path, timeout: float = 300) -> None:
     raise TimeoutError(f"chain of {out} still running after {timeout}s:\n{status.stdout}")
 
 
-def mix_files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((out / "mix" / "data").glob("part-*.parquet"))}
+def mix_files(out: Path, which: str = "mix") -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / which / "data").glob("part-*.parquet"))}
 
 
 @pytest.fixture(scope="module")
@@ -81,22 +82,33 @@ def local_run(tmp_path_factory) -> Path:
 def test_slurm_dry_run_gives_the_local_output(slurm_cluster, local_run, tmp_path):
     job = dryrun_job(tmp_path, "out")
     stages = submitted(run_curate("run", job))
-    assert list(stages) == ["train", "score", "finish"]
+    assert list(stages) == ["train", "score", "finish", "export"]
     wait_for_chain(tmp_path / "out")
     status = run_curate("status", tmp_path / "out")
     assert status.returncode == 0 and "done 2/2" in status.stdout, status.stdout
     out = tmp_path / "out"
     finish = json.loads((out / "logs" / "slurm" / "finish.json").read_text())
-    assert list(finish) == ["score", "filters", "mix", "report"] and not any(s["errors"] for s in finish.values())
+    assert list(finish) == ["score", "filters", "mix", "control", "report"]
+    assert not any(s["errors"] for s in finish.values())
     # the whole classifier -> scores -> mix chain is deterministic (fastText with one thread and a
     # fixed seed, seeded mix), so the mix shards are compared byte for byte, and stats.json whole
     assert mix_files(out) and mix_files(out) == mix_files(local_run)
     assert (out / "mix" / "stats.json").read_text() == (local_run / "mix" / "stats.json").read_text()
+    assert mix_files(out, "control") == mix_files(local_run, "control")
     for shard in ("00000.parquet", "00001.parquet"):
         assert (out / "scores" / shard).read_bytes() == (local_run / "scores" / shard).read_bytes()
     # a second submission finds every stage current and submits nothing
     again = run_curate("run", job)
     assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout
+    # without a Slurm client configured, status reads the recorded completions and a relaunch of a
+    # finished chain needs no Slurm command
+    bare = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    status = subprocess.run([sys.executable, "-m", "curate", "status", str(out)], cwd=REPO, capture_output=True,
+                            text=True, timeout=120, env=bare)
+    assert status.returncode == 0 and "queue state unknown" in status.stdout and "done 2/2" in status.stdout, status
+    again = subprocess.run([sys.executable, "-m", "curate", "run", str(job)], cwd=REPO, capture_output=True,
+                           text=True, timeout=300, env=bare)
+    assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stderr[-2000:]
 
 
 def test_killed_array_task_is_the_only_rank_run_again(slurm_cluster, local_run, tmp_path):
@@ -127,7 +139,7 @@ def test_killed_array_task_is_the_only_rank_run_again(slurm_cluster, local_run, 
     kept = (out / "scores" / "00000.parquet").stat()
     kept_completion = (completions / "00000").stat().st_mtime_ns
     stages = submitted(run_curate("run", job))
-    assert list(stages) == ["score", "finish"]  # the classifier is current: no train job
+    assert list(stages) == ["score", "finish", "export"]  # the classifier is current: no train job
     assert json.loads((completions.parent / "ranks_to_run.json").read_text()) == [1]
     wait_for_chain(out)
     assert run_curate("status", out).returncode == 0
@@ -164,7 +176,7 @@ def test_sample_and_label_run_as_slurm_jobs_before_train(slurm_cluster, llama_se
     job.write_text(yaml.safe_dump(spec, sort_keys=False))
     out = tmp_path / "out"
     stages = submitted(run_curate("run", job))
-    assert list(stages) == ["sample", "label", "train", "score", "finish"]
+    assert list(stages) == ["sample", "label", "train", "score", "finish", "export"]
     wait_for_chain(out)
 
     jobs = json.loads((out / "logs" / "slurm" / "jobs.json").read_text())
@@ -185,7 +197,7 @@ def test_sample_and_label_run_as_slurm_jobs_before_train(slurm_cluster, llama_se
 
     # relaunched: sample and labels are current, only train -> score -> finish are submitted again
     again = submitted(run_curate("run", job))
-    assert list(again) == ["train", "score", "finish"]
+    assert list(again) == ["train", "score", "finish", "export"]
     wait_for_chain(out)
 
     # the single command: `curate label --executor slurm` labels the same sample in a Slurm job

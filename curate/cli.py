@@ -7,9 +7,11 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from curate import procs
 from curate.config import DedupConfig, JobError, LabelConfig, MixConfig, SampleConfig, ScoreConfig, TrainConfig, load_job
 
 
@@ -37,7 +39,7 @@ def _exit_status(errors: list[str]) -> int:
 
 
 def _cmd_run(args) -> int:
-    from curate.run import run_job
+    from curate.run import RunResult, run_job
 
     job = load_job(args.job)
     if args.executor:
@@ -47,12 +49,19 @@ def _cmd_run(args) -> int:
 
         return _print_submitted(submit(job), job.out)
     start = time.monotonic()
-    result = run_job(job)
+    result = args.progress = RunResult()
+    run_job(job, result)
     for stage, why in result.skipped.items():
         print(f"skipped {stage}: {why}")
     print(f"ran: {', '.join(result.ran) or 'nothing (all stages current)'}; output in {job.out} "
           f"({time.monotonic() - start:.1f}s)")
     return _exit_status(result.errors)
+
+
+def _run_done(args) -> str:
+    result = getattr(args, "progress", None)
+    done = [*result.skipped, *result.ran] if result else []
+    return f"stages done: {', '.join(done)}" if done else "no stage finished"
 
 
 def _print_submitted(submitted: dict[str, str], output_dir) -> int:
@@ -104,6 +113,14 @@ def _cmd_score(args) -> int:
     summary = score_files(args.inputs, args.glob, args.model, args.out, model_from_options(ScoreConfig, args))
     print(("skipped: scores are current in " if summary["skipped"] else "scores written to ") + str(args.out))
     return _exit_status(summary["file_errors"])
+
+
+def _score_done(args) -> str:
+    from curate.score import LOGS_DIR
+
+    completions = Path(args.out) / LOGS_DIR / "completions"
+    done = len(list(completions.iterdir())) if completions.is_dir() else 0
+    return f"{done} of {model_from_options(ScoreConfig, args).tasks} ranks scored"
 
 
 def _cmd_mix(args) -> int:
@@ -200,6 +217,14 @@ def _cmd_label(args) -> int:
     return 0
 
 
+def _label_done(args) -> str:
+    import pyarrow.parquet as pq
+
+    from curate.label import documents_done
+
+    return f"{documents_done(args.out)} of {pq.read_metadata(args.sample).num_rows} documents labeled"
+
+
 def _cmd_bootstrap(args) -> int:
     from curate.bootstrap import bootstrap, metrics_table
     from curate.label import LabelingStopped
@@ -217,6 +242,21 @@ def _cmd_bootstrap(args) -> int:
     print(metrics_table(result["rounds"]))
     print(f"per-round metrics in {job.out / 'bootstrap' / 'metrics.json'}")
     return 0
+
+
+def _bootstrap_done(args) -> str:
+    from curate.bootstrap import finished_rounds
+
+    rounds = finished_rounds(load_job(args.job))
+    return f"rounds finished: {', '.join(map(str, rounds))}" if rounds else "no round finished"
+
+
+def _stopped_line(args, stop: procs.Stopped) -> str:
+    """What a stopped command says: what it finished (kept on disk) and that the same command resumes."""
+    if not hasattr(args, "done"):
+        return f"curate {args.command} stopped by {stop.signal_name} before it finished; run the same command again"
+    return (f"curate {args.command} stopped by {stop.signal_name}: {args.done(args)}; "
+            f"run the same command again to resume")
 
 
 def _cmd_eval_labels(args) -> int:
@@ -256,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", help="job YAML file, e.g. jobs/dryrun.yaml")
     p.add_argument("--executor", choices=["local", "slurm"], default=None,
                    help="run here, or submit the chain of Slurm array jobs and return (default: the job's `executor`)")
-    p.set_defaults(func=_cmd_run)
+    p.set_defaults(func=_cmd_run, done=_run_done)
 
     p = sub.add_parser("status", help="per-stage progress of the Slurm jobs of an output folder, and their logs")
     p.add_argument("output_dir", help="the job's output_dir")
@@ -274,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for labels.parquet, label_stats.json, checkpoints")
     add_model_options(p, LabelConfig)
     _add_executor(p)
-    p.set_defaults(func=_cmd_label)
+    p.set_defaults(func=_cmd_label, done=_label_done)
 
     p = sub.add_parser("eval-labels", help="agreement of a labels file with reference labels, per behavior")
     p.add_argument("labels", help="labels Parquet file")
@@ -295,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="scores folder")
     add_model_options(p, ScoreConfig)
     _add_executor(p)
-    p.set_defaults(func=_cmd_score)
+    p.set_defaults(func=_cmd_score, done=_score_done)
 
     p = sub.add_parser("mix", help="make a token-budgeted mix from input shards and their scores")
     _add_inputs(p, "the Parquet/JSONL files or folders that were scored")
@@ -327,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bootstrap", help="rounds of score the pool -> pick uncertain/top documents -> label -> retrain")
     p.add_argument("job", help="job YAML file with label, train.labels and bootstrap sections")
-    p.set_defaults(func=_cmd_bootstrap)
+    p.set_defaults(func=_cmd_bootstrap, done=_bootstrap_done)
 
     p = sub.add_parser("audit", help="check that every document is accounted for in every stage of an output folder")
     p.add_argument("output_dir", help="a job's output_dir")
@@ -341,8 +381,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not args.verbose:  # dask's scheduler and workers narrate every start and stop at INFO
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    procs.tie_children()  # the processes this command starts end with it, even when it is killed
+    procs.stop_on_signals()
     try:
         return args.func(args)
+    except procs.Stopped as stop:
+        print(_stopped_line(args, stop), file=sys.stderr)
+        return stop.status
     except (JobError, ValidationError) as e:
         print(f"error: {str(e).splitlines()[0] if isinstance(e, JobError) else e}", file=sys.stderr)
         return 2

@@ -226,9 +226,10 @@ def _shard_sample(sample_path: str | Path, work: Path, tasks: int) -> list[str]:
 
 def build_pipeline(shards: list[str], work: Path, cfg: LabelConfig, rollout: LabelRollout) -> list:
     """The datatrove pipeline of the label stage: reader -> InferenceRunner (checkpointed) -> JSONL."""
-    from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
+    from datatrove.pipeline.inference.run_inference import InferenceConfig
     from datatrove.pipeline.writers import JsonlWriter
 
+    from curate.inference import InferenceRunner
     from curate.score import OpenWebMathReader
 
     ready_delay_s = 2.0
@@ -332,7 +333,7 @@ def label(sample_path: str | Path, out_dir: str | Path, cfg: LabelConfig, finger
         executor.run()
     except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - a stopped server or a failed task
         # (datatrove cancels its request tasks when the endpoint is down from the start); the checkpoints stay
-        done = len(_results(work))
+        done = documents_done(out_dir)
         reason = (str(e).splitlines() or [type(e).__name__])[0][:300]
         raise LabelingStopped(f"labeling stopped after {done} documents: {reason}; "
                                 f"run the same command again to resume") from e
@@ -344,6 +345,11 @@ def label(sample_path: str | Path, out_dir: str | Path, cfg: LabelConfig, finger
              **run_stats(results, run_id, seconds), "skipped": False}
     write_json(stats, stats_path)
     return stats
+
+
+def documents_done(out_dir: str | Path) -> int:
+    """Documents whose answers a labeling run into `out_dir` has written (a re-run does not ask them again)."""
+    return len(_results(Path(out_dir) / WORK_DIR))
 
 
 def eval_labels(labels_path: str | Path, reference_path: str | Path) -> dict:

@@ -200,9 +200,10 @@ def run_mix(job: Job, files: list[str], scores: dict, result: RunResult,
     return stats
 
 
-def run_job(job: Job) -> RunResult:
-    """Run (sample -> label ->) train -> score -> filters -> mix (+ report) for a job; return what ran, what was skipped and any errors."""
-    result = RunResult()
+def run_job(job: Job, result: RunResult | None = None) -> RunResult:
+    """Run (sample -> label ->) train -> score -> filters -> mix (+ report) for a job; return what ran, what was
+    skipped and any errors (recorded into `result` as the stages finish, when given)."""
+    result = RunResult() if result is None else result
     files = list_input_files(job.input.paths, job.input.glob)
     run_labels(job, files, result)
     model = run_train(job, result)

@@ -1,5 +1,6 @@
-"""datatrove's InferenceRunner, except that the server process it starts per task (`vllm serve`) is stopped
-when the task's process ends, however it ends (`curate.procs.keep`)."""
+"""datatrove's InferenceRunner with curate's process handling (`curate.procs`): the server process it starts per
+task (`vllm serve`) is stopped when the task's process ends, however it ends; SIGINT/SIGTERM let inference clean
+up (close its request cache, stop its server) before the process stops."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from curate import procs
 
 
 class InferenceRunner(DatatroveInferenceRunner):
-    """datatrove's InferenceRunner whose started server gets a keeper process."""
+    """datatrove's InferenceRunner whose started server gets a keeper process, stoppable by a signal."""
 
     def _init_server(self, rank: int) -> InferenceServer:
         server = super()._init_server(rank)
@@ -24,3 +25,7 @@ class InferenceRunner(DatatroveInferenceRunner):
 
         server.start_server = start_and_keep
         return server
+
+    def run(self, data, rank: int = 0, world_size: int = 1) -> None:
+        with self.track_time(unit="total"):
+            procs.run_coroutine(self.run_async(data, rank))

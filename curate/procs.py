@@ -23,6 +23,7 @@ puts off stopping while its main thread is starting a pool's workers, which woul
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -72,6 +73,42 @@ def stop_on_signals() -> None:
     """Make SIGINT and SIGTERM raise `Stopped` in the main thread (once it is not starting processes)."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_stopped)
+
+
+def run_coroutine(coroutine):
+    """`asyncio.run(coroutine)`, except that in the main thread SIGINT or SIGTERM cancels the coroutine's task, lets
+    it clean up as it does when cancelled, and then raises `Stopped` (asyncio.run, interrupted, cancels every task
+    at once: datatrove's inference runner then cannot close its request cache, whose thread keeps the process
+    alive). A second signal raises `Stopped` at once."""
+    received = []
+
+    async def main():
+        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+
+        def cancel(signum, frame):
+            if received:
+                raise Stopped(signum)
+            received.append(signum)
+            loop.call_soon_threadsafe(task.cancel)
+
+        handlers = {signum: signal.signal(signum, cancel) for signum in STOP_SIGNALS}
+        try:
+            return await coroutine
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+
+    if threading.current_thread() is not threading.main_thread():
+        return asyncio.run(coroutine)
+    try:
+        result = asyncio.run(main())
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        result = None
+    if received:  # also when the coroutine took the cancellation and returned
+        raise Stopped(received[0])
+    return result
 
 
 def _ignore_ctrl_c() -> None:

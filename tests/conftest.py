@@ -1,7 +1,10 @@
-"""Shared fixtures: paths to the real data beside the project and to the bundled sample."""
+"""Shared fixtures: paths to the real data beside the project and to the bundled sample; and a check, at the end
+of the session, that the tests left no process running."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -32,3 +35,25 @@ def trained_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("classifier")
     train(BUNDLED_LABELS, out, TrainConfig(epoch=10))
     return out / MODEL_FILE
+
+
+SESSION_MARK = "CURATE_TEST_SESSION"  # in the environment of every process the session starts
+
+
+def pytest_sessionstart(session):
+    os.environ[SESSION_MARK] = uuid.uuid4().hex
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session when a process it started (a curate command, a pool worker, a server...) still runs
+    10 s after the last test: a stray process, e.g. one whose parent was killed."""
+    from tests.processes import describe, marked, still_running
+
+    left = still_running(marked(SESSION_MARK, os.environ[SESSION_MARK]), timeout=10)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.ensure_newline()
+        reporter.write_line(f"the test session left {len(left)} process(es) running:", red=True, bold=True)
+        for process in left:
+            reporter.write_line(f"  {describe(process)}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

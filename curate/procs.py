@@ -36,6 +36,7 @@ import time
 PR_SET_PDEATHSIG = 1
 POLL_S = 0.2  # how often a watching thread or a keeper looks at its parent
 GRACE_S = 5.0  # how long a kept server has to stop after SIGTERM before it and its children are killed
+POOL_STOP_S = 3.0  # how long a tied pool's terminate() may take before it is left to the process's end
 PRELOAD = "curate.procs_preload"
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 STARTING_PROCESSES = {("process.py", "start"), ("pool.py", "__init__")}  # in multiprocessing and multiprocess
@@ -64,7 +65,9 @@ def _starting_processes(frame) -> bool:
 
 def _raise_stopped(signum, frame):
     if _starting_processes(frame):  # stopped there, a worker would be left half-started: ask again shortly
-        threading.Timer(POLL_S, os.kill, (os.getpid(), signum)).start()
+        again = threading.Timer(POLL_S, os.kill, (os.getpid(), signum))
+        again.daemon = True
+        again.start()
         return
     raise Stopped(signum)
 
@@ -141,15 +144,16 @@ def watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="curate-watch-parent", daemon=True).start()
 
 
-_forking: dict = {}  # set in a tied process just before it forks; the child reads its copy
+_forking: dict[int, tuple[int, bool]] = {}  # per forking thread: the process's pid, whether it is the main thread
 
 
 def _before_fork() -> None:
-    _forking.update(pid=os.getpid(), main_thread=threading.current_thread() is threading.main_thread())
+    _forking[threading.get_ident()] = (os.getpid(), threading.current_thread() is threading.main_thread())
 
 
 def _after_fork_in_child() -> None:
-    (die_with_parent if _forking["main_thread"] else watch_parent)(_forking["pid"])
+    parent_pid, main_thread = _forking[threading.get_ident()]  # the forking thread's entry (same ident in the child)
+    (die_with_parent if main_thread else watch_parent)(parent_pid)
 
 
 _tied = False
@@ -157,9 +161,9 @@ _tied = False
 
 def tie_children() -> None:
     """From now on, every child this process forks, and the forkservers it starts with their workers, end when
-    it ends (see the module's docstring). Idempotent."""
+    it ends (see the module's docstring). Idempotent; Linux only (elsewhere it does nothing)."""
     global _tied
-    if _tied:
+    if _tied or not sys.platform.startswith("linux"):
         return
     import multiprocess  # datatrove's pools
     import multiprocessing
@@ -174,7 +178,11 @@ def tie_children() -> None:
 def tied_pool(context, processes: int, **kwargs):
     """`context.Pool(processes, **kwargs)` whose workers end with this process and ignore Ctrl-C from their start
     (see the module's docstring); used as `with tied_pool(...) as pool:`, it is terminated on leaving. `context`
-    is one of multiprocessing's."""
+    is one of multiprocessing's.
+
+    Terminating a pool hangs when it comes while the pool is pickling a large task (its task thread then writes
+    into a pipe that nobody reads any more), after it has stopped the workers: it is given POOL_STOP_S, then left
+    to daemon threads that end with the process."""
     from multiprocessing import resource_tracker
 
     resource_tracker.ensure_running()  # now: starting it later would unblock the signals (it blocks them itself)
@@ -184,9 +192,13 @@ def tied_pool(context, processes: int, **kwargs):
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         raise
-    with pool:
+    try:
         signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)  # a stop signal that came meanwhile is raised here
         yield pool
+    finally:
+        stopper = threading.Thread(target=pool.terminate, name="curate-pool-stop", daemon=True)
+        stopper.start()
+        stopper.join(POOL_STOP_S)
 
 
 def keep(pid: int) -> subprocess.Popen:

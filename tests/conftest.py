@@ -44,12 +44,24 @@ def pytest_sessionstart(session):
     os.environ[SESSION_MARK] = uuid.uuid4().hex
 
 
+def _own_helper(process) -> bool:
+    """A resource tracker or forkserver of this pytest process's own pools: it ends when pytest ends."""
+    import psutil
+
+    try:
+        return process.ppid() == os.getpid() and any(
+            f"from {package}.{helper} import main" in " ".join(process.cmdline())
+            for package in ("multiprocessing", "multiprocess") for helper in ("resource_tracker", "forkserver"))
+    except psutil.Error:
+        return False
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Fail the session when a process it started (a curate command, a pool worker, a server...) still runs
     10 s after the last test: a stray process, e.g. one whose parent was killed."""
     from tests.processes import describe, marked, still_running
 
-    left = still_running(marked(SESSION_MARK, os.environ[SESSION_MARK]), timeout=10)
+    left = [p for p in still_running(marked(SESSION_MARK, os.environ[SESSION_MARK]), timeout=10) if not _own_helper(p)]
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         reporter.ensure_newline()

@@ -192,7 +192,8 @@ def pool_files(job: Job) -> list[str]:
 def finished_rounds(job: Job) -> list[int]:
     """The rounds whose results are current (a re-run skips them)."""
     fingerprints = bootstrap_fingerprints(job, pool_files(job))
-    return [r for r, fingerprint in enumerate(fingerprints) if is_current(round_dir(job.out, r) / METRICS_FILE, fingerprint)]
+    return [r for r, fingerprint in enumerate(fingerprints)
+            if is_current(round_dir(job.out, r) / METRICS_FILE, fingerprint)]
 
 
 def bootstrap(job: Job) -> dict:

@@ -219,7 +219,7 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return None if fields[0] in "ZX" else (int(fields[1]), int(fields[19]))
 
 
-def descendants(pid: int) -> dict[int, int]:
+def _descendants(pid: int) -> dict[int, int]:
     """{pid: start time} of the running descendants of process `pid`."""
     children: dict[int, list[tuple[int, int]]] = {}
     for name in os.listdir("/proc"):
@@ -240,12 +240,12 @@ def _is_running(pid: int, start: int) -> bool:
 
 def _stop_tree(pid: int, start: int) -> None:
     """SIGTERM to `pid`; after GRACE_S (or once it ended), SIGKILL to it and to every descendant seen meanwhile."""
-    tree = {pid: start, **descendants(pid)}
+    tree = {pid: start, **_descendants(pid)}
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + GRACE_S
     while time.monotonic() < deadline and _is_running(pid, start):
-        tree.update(descendants(pid))
+        tree.update(_descendants(pid))
         time.sleep(POLL_S)
     for member, member_start in tree.items():
         if _is_running(member, member_start):

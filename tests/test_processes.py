@@ -3,8 +3,9 @@
 Each command runs for real (`python -m curate ...` in its own session, see tests/processes.py) while its
 descendants are recorded: the fastText fit workers train spawns, datatrove's Manager, forkserver and pool workers
 score runs, the `vllm serve` datatrove starts for label (tests/bin/vllm maps it onto llama.cpp). It is killed
-mid-work, and within 10 s nothing it started may still run. The process-level pieces of `curate.procs` (a child
-forked by a thread, the keeper of an exec'd server) are tested on their own with small scripts.
+mid-work, and within 10 s nothing it started may still run. The process-level pieces of `curate.procs` (children
+forked by a thread, the keeper of an exec'd server, stopping while pools start or pickle a large task) are tested
+on their own with small scripts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import procs
-from curate.label import LABELS_FILE, STATS_FILE
+from curate.label import LABELS_FILE
 from tests.conftest import BUNDLED_DOCS, BUNDLED_LABELS
 from tests.helpers import REPO, write_job
 from tests.llm_server import RecordingProxy, require_llama_cpp

@@ -1,9 +1,9 @@
 """The processes a curate process starts end when it ends, however it ends (SIGKILL included); SIGINT and
 SIGTERM stop it cleanly.
 
-Linux signals a child when its parent dies if the child asked for it (`prctl(PR_SET_PDEATHSIG)`), but the
-signal comes when the *thread* that started the child ends, so it is armed only where that thread lives as
-long as its process:
+Linux signals a child when its parent dies if the child asked for it (`prctl(PR_SET_PDEATHSIG)`), but prctl(2)
+documents that the signal comes when the *thread* that started the child ends (the 6.18 kernel this was tested
+on waited for the whole process), so it is armed only where that thread lives as long as its process:
 - a child forked by the main thread of a tied process (`tie_children`; datatrove's `multiprocess.Manager`)
   arms it from an `os.register_at_fork` hook (`die_with_parent`); one forked by another thread watches its
   parent's pid from a thread instead (`watch_parent`);

@@ -347,11 +347,12 @@ time.sleep(600)
 
 
 def test_children_forked_by_the_main_thread_or_by_an_ended_thread_end_with_their_process(tmp_path):
+    """Where the parent-death signal follows the forking thread (prctl(2)), the second child would die with its
+    thread if it relied on the signal: it watches its parent process instead."""
     parent = _script(tmp_path, "forks", FORKS)
     try:
         children = [psutil.Process(int(pid)) for pid in parent.stdout.readline().split()]
         time.sleep(2 * procs.POLL_S)
-        # the parent-death signal of the second child would have fired when its thread ended: it watches instead
         assert len(running(children)) == 2
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()

@@ -150,8 +150,7 @@ def bootstrap_fingerprints(job: Job, files: list[str]) -> list[str]:
     """Fingerprint of rounds 0..rounds: round 0 of the initial labels and train settings; each later
     one chains the previous with the pool, the selection, labeler, scoring and train settings."""
     stamps = input_stamps(files)
-    labeler = job.label.model_dump(include={"model", "prompt", "max_doc_tokens", "tokenizer", "max_tokens",
-                                            "temperature", "structured_output"})
+    labeler = label_stage.label_settings(job.label)
     selection = job.bootstrap.model_dump(exclude={"rounds"})
     fingerprints = [fingerprint_of("bootstrap", file_sha256(job.train.labels), job.train.model_dump(),
                                  job.seed)]
@@ -162,11 +161,23 @@ def bootstrap_fingerprints(job: Job, files: list[str]) -> list[str]:
     return fingerprints
 
 
+def pool_files(job: Job) -> list[str]:
+    """The files of the unlabeled pool."""
+    return list_input_files(job.bootstrap.pool or job.input.paths, job.input.glob)
+
+
+def finished_rounds(job: Job) -> list[int]:
+    """The rounds whose results are current (a re-run skips them)."""
+    fingerprints = bootstrap_fingerprints(job, pool_files(job))
+    return [r for r, fingerprint in enumerate(fingerprints)
+            if is_current(round_layout(job.out, r).root / METRICS_FILE, fingerprint)]
+
+
 def bootstrap(job: Job) -> dict:
     """Run round 0 (train on the initial labels) and `bootstrap.rounds` labeling rounds, skipping
     finished ones; write OUT/bootstrap/metrics.json and return {"rounds": [...], "ran": [...], "skipped": [...]}.
     Raises label.LabelingStopped when the labeler stops (a re-run resumes the round)."""
-    files = list_input_files(job.bootstrap.pool or job.input.paths, job.input.glob)
+    files = pool_files(job)
     fingerprints = bootstrap_fingerprints(job, files)
     rounds, ran, skipped = [], [], []
     labels_path = Path(job.train.labels)

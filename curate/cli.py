@@ -24,6 +24,7 @@ from curate.config import (
     DedupConfig, ExportConfig, JobError, LabelConfig, MixConfig, SampleConfig, ScoreConfig, SlurmConfig, TrainConfig,
     load_job,
 )
+from curate import procs
 from curate.errors import RunStopped
 from curate.layout import Layout
 
@@ -102,7 +103,8 @@ def _cmd_run(args) -> int:
             return 0
         return _print_submitted(submit(job), job.out)
     start = time.monotonic()
-    results = run_job(job)
+    results = args.progress = []
+    run_job(job, results=results)
     for result in results:
         if not result.ran:
             print(f"skipped {result.stage}: {result.why}")
@@ -110,6 +112,11 @@ def _cmd_run(args) -> int:
     print(f"ran: {', '.join(ran) or 'nothing (all stages current)'}; output in {job.out} "
           f"({time.monotonic() - start:.1f}s)")
     return _report_errors([e for r in results for e in r.errors])
+
+
+def _run_done(args) -> str:
+    done = [r.stage for r in getattr(args, "progress", [])]
+    return f"stages done: {', '.join(done)}" if done else "no stage finished"
 
 
 def _print_submitted(submitted: dict[str, str], output_dir) -> int:
@@ -174,6 +181,14 @@ def _cmd_score(args) -> int:
     stats = score(files, model, layout, cfg)
     print(("skipped: scores are current in " if stats["skipped"] else "scores written to ") + str(layout.scores_dir))
     return _report_errors(stats["file_errors"])
+
+
+def _score_done(args) -> str:
+    from curate.score import datatrove_logs
+
+    completions = datatrove_logs(_layout(args)) / "completions"
+    done = len(list(completions.iterdir())) if completions.is_dir() else 0
+    return f"{done} of {model_from_options(ScoreConfig, args).tasks} ranks scored"
 
 
 def _cmd_mix(args) -> int:
@@ -317,6 +332,14 @@ def _cmd_label(args) -> int:
     return 0
 
 
+def _label_done(args) -> str:
+    from curate.inference import documents_done
+    from curate.label import STAGE, WORK_DIR
+
+    layout = _layout(args)
+    return f"{documents_done(layout.logs(STAGE) / WORK_DIR)} documents labeled"
+
+
 def _cmd_bootstrap(args) -> int:
     from curate.bootstrap import bootstrap, metrics_table
 
@@ -329,6 +352,21 @@ def _cmd_bootstrap(args) -> int:
     print(metrics_table(result["rounds"]))
     print(f"per-round metrics in {job.out / 'bootstrap' / 'metrics.json'}")
     return 0
+
+
+def _bootstrap_done(args) -> str:
+    from curate.bootstrap import finished_rounds
+
+    rounds = finished_rounds(load_job(args.job))
+    return f"rounds finished: {', '.join(map(str, rounds))}" if rounds else "no round finished"
+
+
+def _stopped_line(args, stop: procs.Stopped) -> str:
+    """What a stopped command says: what it finished (kept on disk) and that the same command resumes."""
+    if not hasattr(args, "done"):
+        return f"curate {args.command} stopped by {stop.signal_name} before it finished; run the same command again"
+    return (f"curate {args.command} stopped by {stop.signal_name}: {args.done(args)}; "
+            f"run the same command again to resume")
 
 
 def _cmd_eval_labels(args) -> int:
@@ -392,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run here, or submit the chain of Slurm array jobs and return (default: the job's `executor`)")
     p.add_argument("--dry-run", action="store_true", help="with the slurm executor: print the sbatch script of "
                                                           "each task of the chain instead of submitting")
-    p.set_defaults(func=_cmd_run)
+    p.set_defaults(func=_cmd_run, done=_run_done)
 
     p = sub.add_parser("status", help="which stages of an output folder finished, and its Slurm jobs' progress")
     p.add_argument("output_dir", help="the job's output_dir (or a stage command's --out)")
@@ -413,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the `vllm serve` command line and the first document's request; start nothing")
     _add_executor(p)
-    p.set_defaults(func=_cmd_label)
+    p.set_defaults(func=_cmd_label, done=_label_done)
 
     p = sub.add_parser("eval-labels", help="agreement of a labels file with reference labels, per behavior")
     p.add_argument("labels", help="labels Parquet file")
@@ -434,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="classifier model.bin (default: OUT/classifier/model.bin)")
     add_model_options(p, ScoreConfig)
     _add_executor(p)
-    p.set_defaults(func=_cmd_score)
+    p.set_defaults(func=_cmd_score, done=_score_done)
 
     p = sub.add_parser("mix", help="a token-budgeted mix of the scored inputs (OUT/mix: data/, stats.json, card)")
     _add_inputs(p, "the Parquet/JSONL files or folders that were scored into OUT/scores")
@@ -480,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bootstrap", help="rounds of score the pool -> pick uncertain/top documents -> label -> retrain")
     p.add_argument("job", help="job YAML file with label, train.labels and bootstrap sections")
-    p.set_defaults(func=_cmd_bootstrap)
+    p.set_defaults(func=_cmd_bootstrap, done=_bootstrap_done)
 
     p = sub.add_parser("audit", help="check that every document is accounted for in every stage of an output folder")
     p.add_argument("output_dir", help="a job's output_dir (or a stage command's --out)")
@@ -495,8 +533,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not args.verbose:  # dask's scheduler and workers narrate every start and stop at INFO
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    procs.tie_children()  # the processes this command starts end with it, even when it is killed
+    procs.stop_on_signals()
     try:
         return args.func(args)
+    except procs.Stopped as stop:
+        print(_stopped_line(args, stop), file=sys.stderr)
+        return stop.status
     except (*USER_ERRORS, RunStopped) as e:
         if args.verbose:
             raise

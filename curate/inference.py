@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from datatrove.pipeline.inference.servers import EndpointServer, InferenceServer, VLLMServer
 from datatrove.pipeline.inference.types import InferenceError, ServerError
 
+from curate import procs
 from curate.errors import RunStopped
 from curate.io import write_parquet, write_text
 from curate.layout import claim
@@ -360,8 +361,10 @@ class VLLM(_ReadyFirst, VLLMServer):
         env = {**os.environ}
         env.setdefault("USE_TF", "0")  # as datatrove: keeps transformers from importing TensorFlow
         env.setdefault("TRANSFORMERS_NO_TF", "1")
-        return await asyncio.create_subprocess_exec(*vllm_command(self.config, self._port), env=env,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        process = await asyncio.create_subprocess_exec(*vllm_command(self.config, self._port), env=env,
+                                                       stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        procs.keep(process.pid)  # the server ends when this process does, however it ends
+        return process
 
     async def _wait_until_ready(self, max_attempts: int = 300, delay_sec: float = 5.0) -> None:
         try:
@@ -381,6 +384,10 @@ def runner_class():
     class Runner(InferenceRunner):
         def _init_server(self, rank: int):
             return {"vllm": VLLM, "endpoint": Endpoint}[self.config.server_type](self.config, rank)
+
+        def run(self, data, rank: int = 0, world_size: int = 1) -> None:
+            with self.track_time(unit="total"):  # a stop signal lets the requests and the server clean up
+                procs.run_coroutine(self.run_async(data, rank))
 
     return Runner
 
@@ -507,6 +514,11 @@ def accepted_results(work: Path) -> list[dict]:
     """Documents answered in earlier passes of a run refused for its failures."""
     path = work / ACCEPTED_FILE
     return _read_jsonl([path]) if path.exists() else []
+
+
+def documents_done(work: Path) -> int:
+    """Documents answered so far by a run in `work` (a re-run does not ask them again)."""
+    return len(accepted_results(work)) + len(pass_results(work)) if work.is_dir() else 0
 
 
 def pass_results(work: Path) -> list[dict]:

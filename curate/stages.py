@@ -316,11 +316,12 @@ STAGES: list[Stage] = [
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 
 
-def run_job(job: Job, only: set[str] | None = None) -> list[StageResult]:
+def run_job(job: Job, only: set[str] | None = None, results: list[StageResult] | None = None) -> list[StageResult]:
     """Run the job's stages in order (those in `only`, when given), each skipped when its output is
-    current; return one result per stage of the job."""
+    current; return one result per stage of the job (appended to `results` as each stage ends, when
+    given: what a stopped run finished)."""
     ctx = Context.for_job(job)
-    results = []
+    results = [] if results is None else results
     for stage in STAGES:
         if not stage.applies(job) or (only is not None and stage.name not in only):
             continue

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curate import procs
 from curate.classifier import (
     CARD_FILE, MODEL_FILE, BehaviorClassifier, calibration_features, fit_logistic, sigmoid, text_lengths,
 )
@@ -129,7 +130,7 @@ def fit_in_fresh_processes(jobs: list[tuple], workers: int) -> list[tuple[dict, 
     tried: list[list[float]] = [[] for _ in jobs]
     pending = list(range(len(jobs)))
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(processes=max(1, min(workers, len(jobs))), maxtasksperchild=1) as pool:
+    with procs.tied_pool(ctx, max(1, min(workers, len(jobs))), maxtasksperchild=1) as pool:
         while pending:
             handles = {i: pool.apply_async(_fit_job, jobs[i]) for i in pending}
             pending = []

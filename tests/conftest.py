@@ -1,7 +1,10 @@
-"""Shared fixtures: paths to the real data beside the project and to the bundled sample."""
+"""Shared fixtures: paths to the real data beside the project and to the bundled sample; and a check, at the end
+of the session, that the tests left no process running."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -33,3 +36,37 @@ def trained_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("classifier")
     train(BUNDLED_LABELS, out, TrainConfig(epoch=10))
     return out / MODEL_FILE
+
+
+SESSION_MARK = "CURATE_TEST_SESSION"  # in the environment of every process the session starts
+
+
+def pytest_sessionstart(session):
+    os.environ[SESSION_MARK] = uuid.uuid4().hex
+
+
+def _own_helper(process) -> bool:
+    """A resource tracker or forkserver of this pytest process's own pools: it ends when pytest ends."""
+    import psutil
+
+    try:
+        return process.ppid() == os.getpid() and any(
+            f"from {package}.{helper} import main" in " ".join(process.cmdline())
+            for package in ("multiprocessing", "multiprocess") for helper in ("resource_tracker", "forkserver"))
+    except psutil.Error:
+        return False
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session when a process it started (a curate command, a pool worker, a server...) still runs
+    10 s after the last test: a stray process, e.g. one whose parent was killed."""
+    from tests.processes import describe, marked, still_running
+
+    left = [p for p in still_running(marked(SESSION_MARK, os.environ[SESSION_MARK]), timeout=10) if not _own_helper(p)]
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.ensure_newline()
+        reporter.write_line(f"the test session left {len(left)} process(es) running:", red=True, bold=True)
+        for process in left:
+            reporter.write_line(f"  {describe(process)}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

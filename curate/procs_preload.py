@@ -1,0 +1,10 @@
+"""Preloaded by the forkservers a tied curate process starts (`curate.procs.tie_children`): the forkserver dies
+with that process, and every pool worker it forks dies with the forkserver and ignores SIGINT (a forkserver
+gives its workers the signal handlers it had after its preloads)."""
+
+import os
+
+from curate import procs
+
+procs.die_with_parent(os.getppid())
+procs.tie_children()

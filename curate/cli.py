@@ -334,10 +334,12 @@ def _cmd_label(args) -> int:
 
 def _label_done(args) -> str:
     from curate.inference import documents_done
+    from curate.io import count_rows
     from curate.label import STAGE, WORK_DIR
 
     layout = _layout(args)
-    return f"{documents_done(layout.logs(STAGE) / WORK_DIR)} documents labeled"
+    sample = args.sample or layout.sample_file
+    return f"{documents_done(layout.logs(STAGE) / WORK_DIR)} of {count_rows(str(sample))} documents labeled"
 
 
 def _cmd_bootstrap(args) -> int:

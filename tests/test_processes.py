@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pyarrow.compute as pc
@@ -23,15 +24,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import procs
-from curate.label import LABELS_FILE
 from tests.conftest import BUNDLED_DOCS, BUNDLED_LABELS
 from tests.helpers import REPO, write_job
 from tests.llm_server import RecordingProxy, require_llama_cpp
 from tests.processes import Watched, kill_group, running, still_running
 
 SMALL_TRAIN = {"labels": str(BUNDLED_LABELS), "epoch": 5, "cv_folds": 2, "dim": 16, "bucket": 20000, "workers": 2}
-LABEL_ARGS = ["--model", "smollm2", "--max-doc-tokens", "40", "--max-tokens", "48", "--concurrency", "1",
-              "--records-per-chunk", "1"]
+LABEL_ARGS = ["--model", "smollm2", "--max-doc-tokens", "40", "--max-tokens", "48", "--max-quotes", "0",
+              "--concurrency", "1", "--records-per-chunk", "1"]
+LABELS_FILE = Path("labels") / "labels.parquet"  # in the --out folder
 STOP_WITHIN_S = 10
 
 
@@ -115,11 +116,11 @@ def test_sigterm_stops_run_in_seconds_and_the_same_command_resumes(watched_runs,
                                       "run the same command again to resume")
     assert "Traceback" not in run.stderr()
     assert run.left(timeout=STOP_WITHIN_S) == []
-    assert not (tmp_path / "out" / "scores" / "_DONE.json").exists()
+    assert not (tmp_path / "out" / "logs" / "score" / "stats.json").exists()
 
     again = _start(watched_runs, "run", job, logs=tmp_path)
     assert again.wait(timeout=600) == 0, again.stderr()[-3000:]
-    assert "skipped train:" in again.stdout() and "ran: score, mix;" in again.stdout()
+    assert "skipped train:" in again.stdout() and "ran: score, mix, report;" in again.stdout()
     assert again.left(timeout=STOP_WITHIN_S) == []
 
 
@@ -195,10 +196,11 @@ def test_sigkill_of_label_stops_the_vllm_server_datatrove_started(label_sample, 
     out = tmp_path / "labels"
     label = _start(watched_runs, "label", label_sample, "--out", out, "--server-type", "vllm", "--model",
                    smollm2_gguf_path(), "--max-model-len", "2048", "--server-ready-timeout", "180",
-                   "--structured-output", "json_object", *LABEL_ARGS[2:], logs=tmp_path, env=env)
+                   "--engine", "llama.cpp", "--structured-output", "json_object", *LABEL_ARGS[2:], logs=tmp_path,
+                   env=env)
 
     def server_up() -> bool:
-        logs = list((out / "work" / "server_logs").glob("*.log"))
+        logs = list((out / "logs" / "label" / "work" / "server_logs").glob("*.log"))
         return _count(label, "llama_cpp.server") == 1 and any("Uvicorn running" in p.read_text() for p in logs)
 
     label.wait_until(server_up, "the server up")

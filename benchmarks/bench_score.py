@@ -15,7 +15,7 @@ Rates are given per wall second and per CPU second (CPU time of the measured pro
 other jobs share the cores, which `os.getloadavg()` in the results shows).
 
     python3 benchmarks/make_corpus.py --out /tmp/bench
-    python3 benchmarks/bench_score.py --model /tmp/bench/clf/model.bin
+    python3 benchmarks/bench_score.py --model /tmp/bench/clf/classifier/model.bin
 
 writes benchmarks/results/score.json.
 """
@@ -55,14 +55,15 @@ def _peak_rss_mb(who=resource.RUSAGE_SELF) -> float:
 def run_pipeline(files: list[str], model: str, out: str, tasks: int, workers: int) -> dict:
     """`curate score` as the CLI runs it; setup (token calibration, fingerprint) timed apart."""
     from curate.config import ScoreConfig
+    from curate.layout import Layout
     from curate.score import prepare, score
 
     shutil.rmtree(out, ignore_errors=True)
-    cfg = ScoreConfig(tasks=tasks, workers=workers)
+    cfg, layout = ScoreConfig(tasks=tasks, workers=workers), Layout(out)
     t0, c0 = time.perf_counter(), _cpu_s()
-    prepare(files, model, Path(out), cfg)  # calibration + fingerprint: a fixed cost per run
+    prepare(files, model, layout, cfg)  # calibration + fingerprint: a fixed cost per run
     t1, c1 = time.perf_counter(), _cpu_s()
-    score(files, model, out, cfg)
+    score(files, model, layout, cfg)
     t2, c2 = time.perf_counter(), _cpu_s()
     # with more than 1 worker the ranks run in a forkserver's children, which rusage cannot see
     return {"setup_wall_s": t1 - t0, "setup_cpu_s": c1 - c0, "wall_s": t2 - t1,
@@ -134,7 +135,7 @@ def _median(runs: list[dict], key: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="/tmp/bench/clf/model.bin", help="a model.bin with its card.json beside it")
+    parser.add_argument("--model", default="/tmp/bench/clf/classifier/model.bin", help="a model.bin with its card.json beside it")
     parser.add_argument("--corpus", default="/tmp/bench/corpus-10k", help="from make_corpus.py")
     parser.add_argument("--big", default="/tmp/bench/corpus-100k", help="the larger corpus, for memory")
     parser.add_argument("--reps", type=int, default=3)

@@ -211,7 +211,8 @@ class ExportConfig(_Section):
         ["parquet"], min_length=1, description="'parquet' (datasets), 'jsonl' (Megatron-LM's preprocess_data.py), "
         "'tokens' (datatrove's tokenized .ds files for nanotron)")
     mixes: list[Annotated[str, Field(pattern=r"^\w[\w.-]*$")]] = Field(
-        ["mix"], min_length=1, description="mix folders of the output folder to export: mix (later control, rewrite)")
+        ["mix"], min_length=1, description="mix folders of the output folder to export: mix, control, rewrite, "
+        "rewrite-control")
     seed: int | None = Field(None, description="seed of the shuffle; the job's seed when unset")
     shard_rows: int = Field(50_000, ge=1, description="copies per parquet/jsonl shard at most")
     shard_tokens: int | None = Field(None, ge=1, description="tokens per .ds file, about (datatrove's "

@@ -334,8 +334,9 @@ class ParsedRewrite(NamedTuple):
 
 def parse_rewrite(text: str | None) -> ParsedRewrite:
     """The question, thought and answer of a rewrite, from the first JSON object in the text that has any of
-    them (also inside code fences or after prose, raw newlines in its strings allowed). When one is missing or empty, all three are None and the
-    error names what is missing: a rewrite is kept whole or not at all. Never raises."""
+    them (also inside code fences or after prose; raw newlines in its strings allowed). When one is missing or
+    empty, all three are None and the error names what is missing: a rewrite is kept whole or not at all.
+    Never raises."""
     fields: dict[str, str | None] = dict.fromkeys(REWRITE_FIELDS)
     for obj in _json_objects(text or "", strict=False):
         if any(f in obj for f in REWRITE_FIELDS):

@@ -49,9 +49,11 @@ from curate.export import read_mix, source_fingerprint
 from curate.inference import Answer, Rollout, rollout_of
 from curate.io import file_sha256, read_json, write_json, write_parquet, write_text
 from curate.layout import DATA_DIR, DATASET_CARD, STATS_FILE, Layout, dataset_files, fingerprint_of, is_current
-from curate.prompts import REWRITE_FIELDS, REWRITE_INSTRUCTION, build_rewrite_request, parse_rewrite, rewrite_prompt_version
+from curate.prompts import (
+    REWRITE_FIELDS, REWRITE_INSTRUCTION, build_rewrite_request, parse_rewrite, rewrite_prompt_version,
+)
 from curate.schema import (
-    BEHAVIOR_SCORE, ERROR, ID, MIX_SCHEMA, N_TOKENS, PROB_COLUMNS, PROMPT_VERSION, QUESTION, RAW_RESPONSE,
+    BEHAVIOR_SCORE, ERROR, ID, MIX_SCHEMA, N_TOKENS, PROB_COLUMNS, PROMPT_VERSION, RAW_RESPONSE,
     REPEATS, REWRITE_SCHEMA, SCORE_COLUMNS, TEXT, URL, WEIGHT,
 )
 
@@ -217,7 +219,7 @@ def expected_shares(original: pa.Table, rewritten: pa.Table, copies: np.ndarray)
     return shares
 
 
-def rewritten(results: list[dict], tokenizer_name: str, model_path: Path) -> dict[str, dict]:
+def score_rewrites(results: list[dict], tokenizer_name: str, model_path: Path) -> dict[str, dict]:
     """Per document id: the parsed fields, the formatted text, its classifier scores and exact token count
     (None where the rewrite failed), the raw answer and the error."""
     from curate.classifier import BehaviorClassifier
@@ -269,8 +271,7 @@ def dataset_stats(mix: str, mix_dir: Path, selected: pa.Table, table: pa.Table) 
     """The numbers of one rewrite folder: documents, rewritten and failed, copies and tokens before and after,
     the expected behavior shares of the originals and of the rewrites (over the documents rewritten)."""
     ok = np.array([e is None for e in table.column(ERROR).to_pylist()], dtype=bool)
-    request_failed = np.array([q is None and r is None for q, r in zip(table.column(QUESTION).to_pylist(),
-                                                                      table.column(RAW_RESPONSE).to_pylist())])
+    request_failed = np.array([raw is None for raw in table.column(RAW_RESPONSE).to_pylist()], dtype=bool)
     copies_in = selected.column(REPEATS).to_numpy().astype(np.int64)
     tokens_in = selected.column(N_TOKENS).to_numpy().astype(np.int64)
     tokens_out = np.nan_to_num(table.column(N_TOKENS).to_numpy(zero_copy_only=False).astype(np.float64))
@@ -333,7 +334,8 @@ the {stats['documents_rewritten']:,} documents rewritten:
 | | |
 |---|---|
 | documents of the mix | {stats['documents_in']:,} ({stats['copies_in']:,} copies, {stats['tokens_in']:,} tokens) |
-| rewritten | {stats['documents_rewritten']:,} ({stats['copies_out']:,} copies, {stats['tokens_out']:,} tokens; the originals: {stats['tokens_in_rewritten_documents']:,}) |
+| rewritten | {stats['documents_rewritten']:,} ({stats['copies_out']:,} copies, {stats['tokens_out']:,} tokens) |
+| the originals of those | {stats['tokens_in_rewritten_documents']:,} tokens |
 | answers that did not parse | {stats['parse_failures']:,} |
 | requests that failed | {stats['request_errors']:,} |
 | model | `{stats['model']}`, prompt `{stats['prompt_version']}` |
@@ -383,13 +385,15 @@ def outputs(layout: Layout) -> list[Path]:
 
 
 def check_classifier(layout: Layout) -> Path:
+    """The output folder's classifier, which scores the rewrites; RewriteError when there is none."""
     if not layout.model_file.exists():
         raise RewriteError(f"{layout.model_file}: no classifier to score the rewrites with (train one into "
                            f"{layout.classifier_dir} first)")
     return layout.model_file
 
 
-def write_rewrite(mix: str, mix_dir: Path, selected: pa.Table, by_id: dict[str, dict], out: Path, common: dict) -> dict:
+def write_rewrite(mix: str, mix_dir: Path, selected: pa.Table, by_id: dict[str, dict], out: Path,
+                  common: dict) -> dict:
     """One rewrite folder (shards, stats.json, card) for the documents of one source mix; returns its stats."""
     table = rewrite_table(selected, by_id, common["prompt_version"])
     shard_rows = read_json(mix_dir / STATS_FILE).get("method", {}).get("shard_rows", DEFAULT_SHARD_ROWS)
@@ -425,16 +429,17 @@ def rewrite(layout: Layout, cfg: RewriteConfig, fingerprint: str | None = None, 
     except RunStopped as e:
         raise RewriteStopped(f"rewriting: {e}") from e.__cause__
     seconds = time.monotonic() - start
-    by_id = rewritten(results, cfg.tokenizer, model)
+    by_id = score_rewrites(results, cfg.tokenizer, model)
     common = {"name": name or layout.root.resolve().name, "fingerprint": fingerprint, "model": cfg.model,
               "prompt_version": prompt_version(cfg), "tokenizer": cfg.tokenizer, "max_doc_tokens": cfg.max_doc_tokens}
     made = {mix: write_rewrite(mix, sources[mix], selected[mix], by_id, rewrite_dir(layout, mix), common)
             for mix in cfg.mixes}
     run = rewrite_stats(results, run_id, seconds)
+    summaries = {mix: {"folder": str(rewrite_dir(layout, mix)), **{k: s[k] for k in MIX_SUMMARY}}
+                 for mix, s in made.items()}
     stats = {"fingerprint": fingerprint, "model": cfg.model, "prompt_version": common["prompt_version"],
-             "structured_output": inference.structured_output(cfg), "mixes": {
-                 mix: {"folder": str(rewrite_dir(layout, mix)), **{k: s[k] for k in MIX_SUMMARY}} for mix, s in made.items()},
-             **run, "documents_out": run["documents_rewritten"], "skipped": False}
+             "structured_output": inference.structured_output(cfg), "mixes": summaries, **run,
+             "documents_out": run["documents_rewritten"], "skipped": False}
     write_json(stats, stats_path)
     return stats
 

@@ -151,7 +151,8 @@ def test_rows_failures_stats_and_card_are_consistent(job_run):
         mass = [(mix[r["id"]]["n_tokens"] * r["repeats"], r["n_tokens"] * r["repeats"]) for r in rewritten]
         before = sum(m * mix[r["id"]][f"p_{b}"] for (m, _), r in zip(mass, rewritten)) / sum(m for m, _ in mass)
         after = sum(m * r[f"p_{b}"] for (_, m), r in zip(mass, rewritten)) / sum(m for _, m in mass)
-        assert share["original"] == pytest.approx(before, rel=1e-6) and share["rewritten"] == pytest.approx(after, rel=1e-6)
+        assert share["original"] == pytest.approx(before, rel=1e-6)
+        assert share["rewritten"] == pytest.approx(after, rel=1e-6)
 
     card = (out / "rewrite" / "README.md").read_text()
     meta = yaml.safe_load(card.split("---\n")[1])
@@ -307,8 +308,9 @@ def test_parse_rewrite_is_tolerant_and_never_fills_a_missing_part():
     assert parsed.fields == {"question": "What is \\frac12 +\n1/2?", "thought": "\\frac12 twice\nis 1", "answer": "1"}
     escaped = parse_rewrite('{"question": "q", "thought": "a\\nb", "answer": "\\beta"}').fields
     assert escaped["thought"] == "a\nb" and escaped["answer"] == "\\beta"  # a JSON newline stays one
-    for text, missing in [('{"question": "q", "thought": "t"}', "answer"), ('{"question": "q", "thought": "  ", '
-                          '"answer": "a"}', "thought"), ('{"question": true, "thought": "t", "answer": "a"}', "question")]:
+    for text, missing in [('{"question": "q", "thought": "t"}', "answer"),
+                          ('{"question": "q", "thought": "  ", "answer": "a"}', "thought"),
+                          ('{"question": true, "thought": "t", "answer": "a"}', "question")]:
         parsed = parse_rewrite(text)
         assert parsed.error == f"unparseable answer: no {missing}" and set(parsed.fields.values()) == {None}
     for text in (None, "", '{"question": "q", "thought": "cut sh', '{"counts": 1}'):
@@ -336,3 +338,57 @@ def test_rewrite_settings_share_the_llm_fields_and_are_validated(tmp_path):
     assert local.rewrite.endpoint_url and local.export.mixes == ["rewrite"]
     assert qwen.rewrite.tp == 2 and qwen.rewrite.structured_output == "json_schema" and qwen.label is not None
     assert qwen.output_dir == load_job(REPO / "jobs" / "label-qwen32b.yaml").output_dir  # runs after label-qwen32b
+
+
+@pytest.mark.slow
+def test_rewrite_runs_as_one_slurm_task_with_the_rewrite_resources(slurm_cluster, job_run, llama_server, tmp_path):
+    """`curate rewrite --executor slurm --job J`: one Slurm task, with J's `slurm.stages.rewrite` resources
+    over its defaults, rewrites the output folder's mix; `curate status` follows it."""
+    from tests.slurm_cluster import wait_for_idle_queue
+
+    out = _copy_mix(job_run["out"], tmp_path / "out")
+    site = write_job(tmp_path / "site.yaml", name="site", output_dir=str(tmp_path / "unused"),
+                     input={"paths": [str(tmp_path)]},
+                     slurm={"time": "00:20:00", "stages": {"rewrite": {"time": "00:07:00"}}})
+    result = run_curate("rewrite", "--out", out, "--executor", "slurm", "--job", site, "--endpoint-url",
+                        llama_server.url, "--max-tokens", "32", "--max-error-rate", "1", *SMALL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("submitted ")] == ["rewrite:"]
+    deadline = time.monotonic() + 400
+    while "running 0  pending 0" not in (status := run_curate("status", out)).stdout:
+        assert time.monotonic() < deadline, status.stdout
+        time.sleep(2)
+    assert status.returncode == 0 and "done 1/1" in status.stdout, status.stdout
+    assert "#SBATCH --time=00:07:00" in (out / "logs" / "slurm" / "rewrite" / "launch_script.slurm").read_text()
+    assert pq.read_table(out / "rewrite" / "data").num_rows == 6
+    assert json.loads((out / STATS).read_text())["documents"] == 6
+    wait_for_idle_queue()
+
+
+def test_materialized_and_overlapping_mixes_give_each_document_once_with_its_copies(tmp_path):
+    """A mix that wrote each copy as a row is read as its distinct documents with their copies; a document in
+    two mixes is asked about once."""
+    import pyarrow as pa
+
+    from curate.rewrite import selected_documents, write_documents
+    from curate.schema import MIX_SCHEMA
+
+    def mix_folder(name: str, ids: list[str], materialized: bool) -> Path:
+        rows = [{"text": f"text of {i}", "id": i, "url": i, "p_verification": 0.5, "p_backtracking": 0.5,
+                 "p_subgoal_setting": 0.5, "p_backward_chaining": 0.5, "behavior_score": 0.5, "n_tokens": 3,
+                 "weight": 1.0, "repeats": 1 if materialized else ids.count(i)} for i in ids]
+        folder = tmp_path / name
+        (folder / "data").mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=MIX_SCHEMA), folder / "data" / "part-00000.parquet")
+        (folder / "stats.json").write_text(json.dumps({"materialized": materialized}))
+        return folder
+
+    shuffled = mix_folder("mix", ["b", "a", "b", "c", "b", "a"], materialized=True)
+    selected = selected_documents(shuffled)
+    assert selected.column("id").to_pylist() == ["b", "a", "c"]
+    assert selected.column("repeats").to_pylist() == [3, 2, 1] and "text" not in selected.column_names
+    other = mix_folder("control", ["d", "a"], materialized=False)
+    assert write_documents({"mix": shuffled, "control": other}, tmp_path / "documents.parquet") == 4
+    documents = pq.read_table(tmp_path / "documents.parquet")
+    assert documents.column("id").to_pylist() == ["b", "a", "c", "d"]
+    assert documents.column_names == ["id", "url", "text"]

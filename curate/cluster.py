@@ -161,30 +161,16 @@ def submit(job: Job) -> dict[str, str]:
     return _launch(executors, layout)
 
 
-def _submit_call(task: str, function, args: tuple, layout: Layout, slurm: SlurmConfig) -> dict[str, str]:
-    """One stage function run by one Slurm task with the resources of `task`. Returns {task: Slurm job id}."""
-    _refuse_if_active(layout)
-    executor = _one_task(StageCall(task, function, *args), layout.slurm_dir / task, slurm, task,
-                         f"{slurm.job_name_prefix or 'curate'}-{task}")
-    return _launch({task: executor}, layout)
-
-
 def submit_label(sample_path: str | Path, layout: Layout, cfg: LabelConfig, slurm: SlurmConfig) -> dict[str, str]:
     """`curate label --executor slurm`: one Slurm task (with the `label` resources, e.g. GPUs) labels
     the sample into the output folder. Returns {"label": Slurm job id}."""
     from curate import label as label_stage
 
     layout = Layout(layout.root.resolve())
-    return _submit_call("label", label_stage.label, (str(Path(sample_path).resolve()), layout, cfg), layout, slurm)
-
-
-def submit_rewrite(layout: Layout, cfg: RewriteConfig, slurm: SlurmConfig) -> dict[str, str]:
-    """`curate rewrite --executor slurm`: one Slurm task (with the `rewrite` resources, e.g. GPUs) rewrites
-    the mixes of the output folder. Returns {"rewrite": Slurm job id}."""
-    from curate import rewrite as rewrite_stage
-
-    layout = Layout(layout.root.resolve())
-    return _submit_call("rewrite", rewrite_stage.rewrite, (layout, cfg), layout, slurm)
+    _refuse_if_active(layout)
+    step = StageCall("label", label_stage.label, str(Path(sample_path).resolve()), layout, cfg)
+    label = _one_task(step, layout.slurm_dir / "label", slurm, "label", f"{slurm.job_name_prefix or 'curate'}-label")
+    return _launch({"label": label}, layout)
 
 
 def submit_score(files: list[str], model_path: str | Path, layout: Layout, cfg: ScoreConfig,
@@ -204,6 +190,19 @@ def submit_score(files: list[str], model_path: str | Path, layout: Layout, cfg: 
     summary = _one_task(StageCall("summary", score_stage.score, files, model_path, layout, cfg),
                         layout.slurm_dir / "summary", slurm, "finish", f"{prefix}-summary", depends=score)
     return _launch({"score": score, "summary": summary}, layout)
+
+
+def submit_rewrite(layout: Layout, cfg: RewriteConfig, slurm: SlurmConfig) -> dict[str, str]:
+    """`curate rewrite --executor slurm`: one Slurm task (with the `rewrite` resources, e.g. GPUs) rewrites
+    the mixes of the output folder. Returns {"rewrite": Slurm job id}."""
+    from curate import rewrite as rewrite_stage
+
+    layout = Layout(layout.root.resolve())
+    _refuse_if_active(layout)
+    step = StageCall("rewrite", rewrite_stage.rewrite, layout, cfg)
+    rewrite = _one_task(step, layout.slurm_dir / "rewrite", slurm, "rewrite",
+                        f"{slurm.job_name_prefix or 'curate'}-rewrite")
+    return _launch({"rewrite": rewrite}, layout)
 
 
 @dataclass

@@ -11,6 +11,8 @@ against what the stages report and what their output files hold:
   rows the readers saw = attribute rows written + rows dropped by reason; every rank finished.
 - mix: scored rows = documents in the mix + documents dropped by reason, and the mix shards hold
   exactly the documents (or copies, when materialized) that stats.json says.
+- rewrite: every selected document of each source mix has exactly one row, rewritten or recorded as
+  failed (its error kept); rewritten + parse failures + request errors = documents; the copies are the mix's.
 """
 
 from __future__ import annotations
@@ -165,4 +167,35 @@ def audit_export(layout: Layout) -> StageAudit:
             else:
                 found = tokenized_files(folder)["documents"]
             result.check(f"{name} {fmt} documents vs the mix's copies", found, copies)
+    return result
+
+
+def audit_rewrite(layout: Layout) -> StageAudit:
+    """Each source mix's selected documents are the rows of its rewrite folder, once each, every row rewritten
+    or carrying its error; rewritten + failed = documents; a rewritten row keeps the mix's copies, a failed one
+    none, and the copies add up to the folder's stats."""
+    from curate.rewrite import STAGE, selected_documents
+    from curate.schema import ERROR, QUESTION
+
+    result = StageAudit(STAGE)
+    stats = read_json(layout.stats(STAGE))
+    result.dropped = {"parse_failures": stats["parse_failures"], "request_errors": stats["request_errors"]}
+    result.counts = {"documents": stats["documents"], "rewritten": stats["documents_rewritten"]}
+    result.check("documents vs rewritten + failed", stats["documents"],
+                 stats["documents_rewritten"] + stats["parse_failures"] + stats["request_errors"])
+    for mix, made in stats["mixes"].items():
+        selected = selected_documents(Path(made["source_folder"]))
+        copies = dict(zip(selected.column(ID).to_pylist(), selected.column(REPEATS).to_pylist()))
+        rows = pq.read_table(dataset_files(made["folder"]), columns=[ID, QUESTION, ERROR, REPEATS]).to_pylist()
+        ids = [r[ID] for r in rows]
+        result.counts[f"{mix} rows"] = len(rows)
+        result.check(f"{mix}: rows vs selected documents of {made['source_folder']}", len(rows), len(copies))
+        result.check(f"{mix}: distinct ids vs rows", len(set(ids)), len(rows))
+        result.check(f"{mix}: selected documents without a row", len(set(copies) - set(ids)), 0)
+        result.check(f"{mix}: rows neither rewritten nor with an error",
+                     sum(1 for r in rows if (r[ERROR] is None) != (r[QUESTION] is not None)), 0)
+        result.check(f"{mix}: rows whose copies are not the mix's (0 when failed)",
+                     sum(1 for r in rows if r[REPEATS] != (copies.get(r[ID], 0) if r[ERROR] is None else 0)), 0)
+        result.check(f"{mix}: copies in shards vs stats copies_out", sum(r[REPEATS] for r in rows),
+                     read_json(Path(made["folder"]) / STATS_FILE)["copies_out"])
     return result

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
 from curate.config import (
-    DedupConfig, ExportConfig, JobError, LabelConfig, MixConfig, SampleConfig, ScoreConfig, SlurmConfig, TrainConfig,
-    load_job,
+    DedupConfig, ExportConfig, JobError, LabelConfig, MixConfig, RewriteConfig, SampleConfig, ScoreConfig, SlurmConfig,
+    TrainConfig, load_job,
 )
 from curate import procs
 from curate.errors import RunStopped
@@ -342,6 +342,41 @@ def _label_done(args) -> str:
     return f"{documents_done(layout.logs(STAGE) / WORK_DIR)} of {count_rows(str(sample))} documents labeled"
 
 
+def _cmd_rewrite(args) -> int:
+    from curate.rewrite import dry_run, rewrite
+
+    layout = _layout(args)
+    if not layout.root.is_dir():
+        raise FileNotFoundError(f"{args.out}: no such output folder")
+    mixes = {"mixes": [m.strip() for m in args.mixes.split(",")]} if args.mixes else {}
+    cfg = model_from_options(RewriteConfig, args, **mixes)
+    if args.dry_run:
+        print(dry_run(layout, cfg))
+        return 0
+    if args.executor == "slurm":
+        from curate.cluster import submit_rewrite
+
+        return _print_submitted(submit_rewrite(layout, cfg, _site_settings(args)), args.out)
+    stats = rewrite(layout, cfg, name=args.name)
+    if stats["skipped"]:
+        print(f"skipped: the rewrites in {', '.join(m['folder'] for m in stats['mixes'].values())} are current")
+    run = stats["this_run"]
+    print(f"{stats['documents']} documents, {stats['documents_rewritten']} rewritten, parse failures "
+          f"{stats['parse_failures']} ({stats['parse_failures_cut_short']} cut short by max_tokens), request errors "
+          f"{stats['request_errors']}, {stats['prompt_tokens_per_document']:.0f} prompt / "
+          f"{stats['completion_tokens_per_document']:.0f} completion tokens per document; this run "
+          f"{run['documents']} documents in {run['seconds']:.1f}s")
+    for mix, made in stats["mixes"].items():
+        shares = ", ".join(f"{b} {_percent(s['original'])} -> {_percent(s['rewritten'])}"
+                           for b, s in made["expected_behavior_share"].items())
+        print(f"{mix} -> {made['folder']}: expected behavior share, original -> rewritten: {shares}")
+    return 0
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
 def _cmd_bootstrap(args) -> int:
     from curate.bootstrap import bootstrap, metrics_table
 
@@ -454,6 +489,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the `vllm serve` command line and the first document's request; start nothing")
     _add_executor(p)
     p.set_defaults(func=_cmd_label, done=_label_done)
+
+    p = sub.add_parser("rewrite", help="rewrite the documents of OUT's mixes with an LLM as question / thought / "
+                                       "answer (OUT/rewrite: data/, stats.json, card)")
+    _add_out(p)
+    p.add_argument("--mixes", default=None, help="comma-separated mix folders of OUT to rewrite, e.g. mix,control "
+                                                 "(default: mix)")
+    p.add_argument("--name", default=None, help="the name in the cards (default: the output folder's name)")
+    add_model_options(p, RewriteConfig, skip=("mixes",))
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the `vllm serve` command line and the first document's request; start nothing")
+    _add_executor(p)
+    p.set_defaults(func=_cmd_rewrite)
 
     p = sub.add_parser("eval-labels", help="agreement of a labels file with reference labels, per behavior")
     p.add_argument("labels", help="labels Parquet file")

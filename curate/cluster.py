@@ -1,11 +1,12 @@
 """A job on Slurm: the chain of array jobs built from the table of stages, and its status.
 
 Each stage of `curate.stages.STAGES` names the Slurm job that runs it: `sample`, `label` (with its
-own resources, e.g. GPUs), `train`, the `score` array (one task per rank) and `finish` (the scores
-summary, filters, mix, report). Every Slurm job is a datatrove SlurmPipelineExecutor that waits for
-the one before (`afterok`); a one-task job runs `stages.run_job` for its own stages only. Every
-job keeps datatrove's completions in its logging folder, so relaunching a partly failed chain
-submits only the ranks that did not finish, and stages that are current are left out.
+own resources, e.g. GPUs), `train`, the `score` array (one task per rank), `finish` (the scores
+summary, filters, mix, control, report), `rewrite` (GPUs, like label) and `export`. Every Slurm job
+is a datatrove SlurmPipelineExecutor that waits for the one before (`afterok`); a one-task job runs
+`stages.run_job` for its own stages only. Every job keeps datatrove's completions in its logging
+folder, so relaunching a partly failed chain submits only the ranks that did not finish, and stages
+that are current are left out.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datatrove.utils.logging import logger
 
 from curate import score as score_stage
 from curate import stages as stage_table
-from curate.config import Job, LabelConfig, ScoreConfig, SlurmConfig
+from curate.config import Job, LabelConfig, RewriteConfig, ScoreConfig, SlurmConfig
 from curate.executors import ClusterError, build_executor, slurm_command
 from curate.io import read_json, write_json
 from curate.layout import Layout
@@ -207,6 +208,19 @@ def submit_score(files: list[str], model_path: str | Path, layout: Layout, cfg: 
     summary = _one_task(StageCall("summary", score_stage.score, files, model_path, layout, cfg),
                         layout.slurm_dir / "summary", slurm, "finish", f"{prefix}-summary", depends=score)
     return _launch({"score": score, "summary": summary}, layout)
+
+
+def submit_rewrite(layout: Layout, cfg: RewriteConfig, slurm: SlurmConfig) -> dict[str, str]:
+    """`curate rewrite --executor slurm`: one Slurm task (with the `rewrite` resources, e.g. GPUs) rewrites
+    the mixes of the output folder. Returns {"rewrite": Slurm job id}."""
+    from curate import rewrite as rewrite_stage
+
+    layout = Layout(layout.root.resolve(), layout.data if layout.data != layout.root else None)
+    _refuse_if_active(layout)
+    step = StageCall("rewrite", rewrite_stage.rewrite, layout, cfg)
+    rewrite = _one_task(step, layout.slurm_dir / "rewrite", slurm, "rewrite",
+                        f"{slurm.job_name_prefix or 'curate'}-rewrite")
+    return _launch({"rewrite": rewrite}, layout)
 
 
 @dataclass

@@ -105,7 +105,10 @@ class SampleConfig(_Section):
     shingle_words: int = Field(5, ge=1, description="words per shingle")
 
 
-class LabelConfig(_Section):
+class LLMConfig(_Section):
+    """The server and run settings of a stage that asks an LLM about documents (`label`, `rewrite`):
+    what `curate.inference` reads."""
+
     model: str = Field(description="model name (endpoint) or path/hub id that `vllm serve` loads")
     server_type: Literal["endpoint", "vllm"] = Field("endpoint", description="'endpoint': an OpenAI-compatible "
                                                      "server at endpoint_url; 'vllm': start `vllm serve` per task")
@@ -114,16 +117,10 @@ class LabelConfig(_Section):
     engine: Literal["auto", "vllm", "llama.cpp"] = Field(
         "auto", description="the server software (names of sampling parameters, structured output form): auto = "
                             "vllm for server_type vllm, llama.cpp for endpoints; vllm also fits SGLang")
-    prompt: Literal["counts", "paper"] = Field("counts", description="'counts': one request per document, JSON "
-                                               "counts and quotes; 'paper': one request per behavior, <count>N</count>")
-    max_quotes: int = Field(3, ge=0, le=10, description="verbatim quotes per behavior in a counts answer, one per "
-                                                        "instance (training evidence); 0: counts only")
     structured_output: Literal["auto", "json_schema", "json_object", "none"] = Field(
         "auto", description="output constraint: auto = json_schema for engine vllm, json_object for llama.cpp")
     max_doc_tokens: int = Field(3000, ge=16, description="documents are cut at a line boundary to this many tokens")
     tokenizer: str = Field("smollm2", description="tokenizer that counts max_doc_tokens")
-    max_tokens: int = Field(512, ge=1, description="completion tokens per request at most (an answer cut short does "
-                                                   "not parse: 4 behaviors x 3 quotes need about 400)")
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0, description="sent to vLLM as repetition_penalty, to llama.cpp as "
@@ -167,6 +164,34 @@ class LabelConfig(_Section):
         return self
 
 
+class LabelConfig(LLMConfig):
+    """`curate label`: behavior counts (and evidence quotes) per document from an LLM."""
+
+    prompt: Literal["counts", "paper"] = Field("counts", description="'counts': one request per document, JSON "
+                                               "counts and quotes; 'paper': one request per behavior, <count>N</count>")
+    max_quotes: int = Field(3, ge=0, le=10, description="verbatim quotes per behavior in a counts answer, one per "
+                                                        "instance (training evidence); 0: counts only")
+    max_tokens: int = Field(512, ge=1, description="completion tokens per request at most (an answer cut short does "
+                                                   "not parse: 4 behaviors x 3 quotes need about 400)")
+
+
+class RewriteConfig(LLMConfig):
+    """`curate rewrite`: each selected document of a mix rewritten by an LLM as question / thought / answer."""
+
+    mixes: list[Annotated[str, Field(pattern=r"^\w[\w.-]*$")]] = Field(
+        ["mix"], min_length=1, description="mix folders of the output folder whose documents are rewritten: mix "
+        "into OUT/rewrite, any other (control) into OUT/rewrite-<mix>")
+    max_tokens: int = Field(2048, ge=1, description="completion tokens per request at most (a rewrite cut short "
+                                                    "does not parse)")
+
+    @field_validator("mixes")
+    @classmethod
+    def _listed_once(cls, mixes: list[str]) -> list[str]:
+        if len(set(mixes)) != len(mixes):
+            raise ValueError(f"mixes lists a value twice: {mixes}")
+        return mixes
+
+
 class BootstrapConfig(_Section):
     """`curate bootstrap`: rounds of score the pool -> pick documents -> label them -> retrain."""
 
@@ -186,7 +211,8 @@ class ExportConfig(_Section):
         ["parquet"], min_length=1, description="'parquet' (datasets), 'jsonl' (Megatron-LM's preprocess_data.py), "
         "'tokens' (datatrove's tokenized .ds files for nanotron)")
     mixes: list[Annotated[str, Field(pattern=r"^\w[\w.-]*$")]] = Field(
-        ["mix"], min_length=1, description="mix folders of the output folder to export: mix (later control, rewrite)")
+        ["mix"], min_length=1, description="mix folders of the output folder to export: mix, control, rewrite, "
+        "rewrite-control")
     seed: int | None = Field(None, description="seed of the shuffle; the job's seed when unset")
     shard_rows: int = Field(50_000, ge=1, description="copies per parquet/jsonl shard at most")
     shard_tokens: int | None = Field(None, ge=1, description="tokens per .ds file, about (datatrove's "
@@ -304,6 +330,7 @@ class Job(_Section):
     sample: SampleConfig | None = None
     label: LabelConfig | None = None
     bootstrap: BootstrapConfig | None = None
+    rewrite: RewriteConfig | None = None
     export: ExportConfig | None = None
     executor: Literal["local", "slurm"] = "local"
     slurm: SlurmConfig = SlurmConfig()
@@ -318,6 +345,14 @@ class Job(_Section):
             raise ValueError("the sample and label sections go together (sample -> label -> train)")
         if self.bootstrap is None and self.label is not None and self.train.labels is not None:
             raise ValueError("train.labels is set but the label stage makes the labels; remove one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _rewrite_reads_made_mixes(self):
+        made = {"mix", "control"} if self.mix.control else {"mix"}
+        if self.rewrite is not None and set(self.rewrite.mixes) - made:
+            raise ValueError(f"rewrite.mixes names {sorted(set(self.rewrite.mixes) - made)}, which the job does not "
+                             f"make (it makes {sorted(made)}; control needs mix.control: true)")
         return self
 
     @property

@@ -1,6 +1,6 @@
 """LLM rollouts over a Parquet file of documents, through datatrove's inference pipeline.
 
-What every stage that asks an LLM about documents shares (`label` now, `rewrite` next):
+What every stage that asks an LLM about documents shares (`label`, `rewrite`):
 - the server: `vllm serve` started by datatrove inside the task (`server_type: vllm`) or any
   OpenAI-compatible server (`endpoint`; vLLM, SGLang, llama.cpp), its URL taken with or without `/v1`;
 - requests that wait for the server to be ready before their deadline starts, without being able to
@@ -13,7 +13,7 @@ What every stage that asks an LLM about documents shares (`label` now, `rewrite`
 - run statistics, and a dry run that prints the server command and one request without starting anything.
 
 A stage supplies a `Rollout` subclass: the requests for a document and what to keep of the answers.
-The settings object (`cfg`) is duck-typed: the server and run fields of `curate.config.LabelConfig`.
+The settings object (`cfg`) is a `curate.config.LLMConfig` (the server and run fields).
 """
 
 from __future__ import annotations
@@ -130,6 +130,19 @@ def server_args(cfg) -> dict:
     if engine(cfg) == "vllm" and not any(k.startswith(("structured-outputs-config", "guided-decoding")) for k in args):
         args["structured-outputs-config"] = json.dumps({"disable_any_whitespace": True})
     return args
+
+
+def structured_output(cfg) -> str:
+    """The output constraint: `auto` resolves to OpenAI's json_schema for vLLM and llama.cpp's json_object form."""
+    if cfg.structured_output == "auto":
+        return "json_schema" if engine(cfg) == "vllm" else "json_object"
+    return cfg.structured_output
+
+
+def request_settings(cfg, structured: str) -> dict:
+    """What, besides the prompt, decides the answers: sampling parameters, structured output, whitespace."""
+    return {"sampling": sampling_params(cfg), "structured_output": structured,
+            "compact_json": compact_json_setting(cfg)}
 
 
 def compact_json_setting(cfg) -> str | None:

@@ -44,11 +44,7 @@ class LabelingStopped(RunStopped):
 def resolved_structured_output(cfg: LabelConfig) -> str:
     """`auto` resolves to OpenAI's json_schema for vLLM and llama.cpp's json_object form; the paper layout
     is unconstrained (its answers are `<count>N</count>` tags)."""
-    if cfg.prompt == "paper":
-        return "none"
-    if cfg.structured_output == "auto":
-        return "json_schema" if inference.engine(cfg) == "vllm" else "json_object"
-    return cfg.structured_output
+    return "none" if cfg.prompt == "paper" else inference.structured_output(cfg)
 
 
 def quotes_requested(cfg: LabelConfig) -> int:
@@ -57,8 +53,7 @@ def quotes_requested(cfg: LabelConfig) -> int:
 
 def request_settings(cfg: LabelConfig) -> dict:
     """What, besides the prompt, decides the answers: sampling parameters, structured output, whitespace."""
-    return {"sampling": inference.sampling_params(cfg), "structured_output": resolved_structured_output(cfg),
-            "compact_json": inference.compact_json_setting(cfg)}
+    return inference.request_settings(cfg, resolved_structured_output(cfg))
 
 
 def label_prompt_version(cfg: LabelConfig) -> str:

@@ -1,4 +1,4 @@
-"""Labeling prompts and the tolerant parser of their answers.
+"""Labeling and rewriting prompts, and the tolerant parsers of their answers.
 
 Two layouts:
 - `counts` (default): one request per document; the instruction (all four behaviors) comes first
@@ -13,6 +13,11 @@ a LaTeX command the model left unescaped in JSON recognized), and its behavior's
 the labels keep the document's own text of it. The others are counted by reason, never kept.
 
 `prompt_version` is a hash of a layout's templates, schema and request settings, stored with every label.
+
+Rewriting (`curate rewrite`): one request per document, the instruction first and the document last, the
+answer a JSON object with a self-contained `question`, the worked reasoning (`thought`: the document's own
+checks, retractions, subgoals and backward steps, none invented) and the `answer`, constrained by a schema;
+`rewrite_prompt_version` hashes it the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import re
 from collections import Counter
 from typing import NamedTuple
 
-from curate.schema import BEHAVIORS
+from curate.schema import ANSWER, BEHAVIORS, QUESTION, THOUGHT
 
 LAYOUTS = ("counts", "paper")
 MIN_QUOTE_CHARS, MAX_QUOTE_CHARS = 5, 120  # the reference labels' quotes: 7 to 91 characters
@@ -107,14 +112,14 @@ def prompt_version(layout: str, max_quotes: int = 0, settings: dict | None = Non
     return f"{layout}-" + hashlib.sha256(material.encode()).hexdigest()[:12]
 
 
-def response_format(structured_output: str, schema: dict) -> dict | None:
-    """The request's `response_format` for `schema`.
+def response_format(structured_output: str, schema: dict, name: str = "behavior_counts") -> dict | None:
+    """The request's `response_format` for `schema` (called `name` in OpenAI's form).
 
     `json_schema`: OpenAI's form (vLLM, SGLang). `json_object`: `{"type": "json_object", "schema": ...}`,
     the form llama.cpp's server takes (it answers HTTP 500 to `json_schema`). `none`: unconstrained.
     """
     if structured_output == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": "behavior_counts", "schema": schema}}
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
     if structured_output == "json_object":
         return {"type": "json_object", "schema": schema}
     if structured_output == "none":
@@ -166,8 +171,10 @@ def _as_count(value) -> int | None:
     return None
 
 
-def _json_objects(text: str):
-    decoder = json.JSONDecoder()
+def _json_objects(text: str, strict: bool = True):
+    """The JSON objects in `text`, in order (strict=False: control characters such as raw newlines allowed
+    inside strings)."""
+    decoder = json.JSONDecoder(strict=strict)
     for match in re.finditer(r"\{", text):
         try:
             obj, _ = decoder.raw_decode(text, match.start())
@@ -262,3 +269,82 @@ def parse_count_tag(text: str | None) -> tuple[int | None, str | None]:
     if (text or "").strip().isdecimal():  # isdigit() also accepts "²", which int() rejects
         return int(text.strip()), None
     return None, "unparseable answer: no <count>N</count>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Rewriting: a document as a self-contained question, the worked reasoning, and the answer
+
+REWRITE_FIELDS = (QUESTION, THOUGHT, ANSWER)
+
+REWRITE_INSTRUCTION = (
+    "You rewrite a math text as a worked problem. Give three parts:\n"
+    "- question: one self-contained problem that the text solves or explains, stating every given needed to "
+    "solve it, so that it makes sense without the text (never mention \"the text\" or \"the author\").\n"
+    "- thought: the reasoning from the question to the answer, step by step, as the text does it. Keep each of "
+    "these behaviors wherever the text shows it, in the text's order:\n"
+    + "".join(f"  - {b}: {d}.\n" for b, d in _DEFINITIONS.items())
+    + "  Never add a behavior that the text does not show, and never invent facts or numbers.\n"
+    "- answer: the final answer alone, as short as possible.\n"
+    'Answer with only a JSON object {"question": "...", "thought": "...", "answer": "..."}.\n\nText:\n'
+)
+
+
+def rewrite_schema() -> dict:
+    """The JSON schema of a rewrite: three non-empty strings, in the order they are written."""
+    return {"type": "object", "properties": {f: {"type": "string", "minLength": 1} for f in REWRITE_FIELDS},
+            "required": list(REWRITE_FIELDS), "additionalProperties": False}
+
+
+def rewrite_prompt_version(settings: dict | None = None) -> str:
+    """A short hash of the rewrite instruction, its schema and the request `settings`."""
+    material = REWRITE_INSTRUCTION + json.dumps(rewrite_schema(), sort_keys=True)
+    material += json.dumps(settings or {}, sort_keys=True)
+    return "rewrite-" + hashlib.sha256(material.encode()).hexdigest()[:12]
+
+
+def build_rewrite_request(document: str, structured_output: str = "none") -> dict:
+    """The chat payload that asks for the rewrite of one (already cut) document: instruction first, document last."""
+    payload = {"messages": [{"role": "system", "content": REWRITE_INSTRUCTION}, {"role": "user", "content": document}]}
+    fmt = response_format(structured_output, rewrite_schema(), name="rewrite")
+    if fmt is not None:
+        payload["response_format"] = fmt
+    return payload
+
+
+_LATEX_ESCAPE = re.compile(r"[\b\f\r\t](?=[A-Za-z])")
+
+
+def _as_text(value) -> str | None:
+    """A rewrite field as text: a string, a number, or a list of strings (steps, one per line); a LaTeX
+    command the model left unescaped in JSON (`\\frac` read back as form feed + "rac") gets its backslash back."""
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        value = "\n".join(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    value = _LATEX_ESCAPE.sub(lambda m: m.group(0).translate(_JSON_ESCAPES), value).strip()
+    return value or None
+
+
+class ParsedRewrite(NamedTuple):
+    fields: dict[str, str | None]  # question, thought, answer (None: missing or empty)
+    error: str | None
+
+
+def parse_rewrite(text: str | None) -> ParsedRewrite:
+    """The question, thought and answer of a rewrite, from the first JSON object in the text that has any of
+    them (also inside code fences or after prose; raw newlines in its strings allowed). When one is missing or
+    empty, all three are None and the error names what is missing: a rewrite is kept whole or not at all.
+    Never raises."""
+    fields: dict[str, str | None] = dict.fromkeys(REWRITE_FIELDS)
+    for obj in _json_objects(text or "", strict=False):
+        if any(f in obj for f in REWRITE_FIELDS):
+            fields = {f: _as_text(obj.get(f)) for f in REWRITE_FIELDS}
+            break
+    else:
+        return ParsedRewrite(fields, "unparseable answer: no JSON object with question, thought and answer")
+    missing = [f for f in REWRITE_FIELDS if fields[f] is None]
+    if missing:
+        return ParsedRewrite(dict.fromkeys(REWRITE_FIELDS), f"unparseable answer: no {', '.join(missing)}")
+    return ParsedRewrite(fields, None)

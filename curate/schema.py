@@ -60,6 +60,15 @@ MIX_SCHEMA = pa.schema(
     ]
 )
 
+# Rewrites (`curate rewrite`): one row per selected document of a mix. The mix's columns first, so that
+# `curate export` reads a rewrite folder as a mix: `text` is the rewrite, the scores and `n_tokens` are the
+# rewrite's, `weight` the mix's and `repeats` the mix's copies (0 where the rewrite failed: never exported).
+QUESTION, THOUGHT, ANSWER = "question", "thought", "answer"
+REWRITE_SCHEMA = pa.schema(
+    [*MIX_SCHEMA, (QUESTION, pa.string()), (THOUGHT, pa.string()), (ANSWER, pa.string()),
+     (PROMPT_VERSION, pa.string()), (RAW_RESPONSE, pa.string()), (ERROR, pa.string())]
+)
+
 # Filter decisions (near-duplicates, contamination): one row per document kept out of the mix.
 REASON, DETAIL = "reason", "detail"
 NEAR_DUPLICATE, CONTAMINATION = "near_duplicate", "contamination"

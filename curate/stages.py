@@ -21,6 +21,7 @@ from curate import filters as filters_stage
 from curate import label as label_stage
 from curate import mix as mix_stage
 from curate import report as report_stage
+from curate import rewrite as rewrite_stage
 from curate import sample as sample_stage
 from curate import score as score_stage
 from curate import train as train_stage
@@ -249,6 +250,22 @@ def _audit_mix(layout: Layout, done: dict) -> audit_stage.StageAudit:
     return audit_stage.audit_mix(layout.mix_dir(), score.counts["out"] if score else None)
 
 
+# --- rewrite -----------------------------------------------------------------------------------
+
+def _rewrite_fingerprint(ctx: Context) -> str:
+    cfg = ctx.job.rewrite
+    return rewrite_stage.rewrite_fingerprint({mix: ctx.fingerprint(mix) for mix in cfg.mixes}, cfg,
+                                             ctx.layout.model_file)
+
+
+def _run_rewrite(ctx: Context, fingerprint: str) -> StageResult:
+    stats = rewrite_stage.rewrite(ctx.layout, ctx.job.rewrite, fingerprint=fingerprint, name=ctx.job.name)
+    folders = ", ".join(m["folder"] for m in stats["mixes"].values())
+    return StageResult("rewrite", True, f"{stats['documents_rewritten']} of {stats['documents']} documents rewritten "
+                       f"by {stats['model']} into {folders}", stats["documents"], stats["documents_rewritten"],
+                       {"parse_failures": stats["parse_failures"], "request_errors": stats["request_errors"]}, [], stats)
+
+
 # --- report ------------------------------------------------------------------------------------
 
 def _report_fingerprint(ctx: Context) -> str:
@@ -308,6 +325,9 @@ STAGES: list[Stage] = [
     Stage("control", "finish", lambda job: job.mix.control,
           lambda ctx: fingerprint_of(ctx.fingerprint("mix"), "control"), lambda lay: lay.mix_dir("control") / "stats.json",
           lambda lay: [lay.mix_dir("control") / "README.md"], _run_control, _audit_control),
+    Stage("rewrite", "rewrite", lambda job: job.rewrite is not None, _rewrite_fingerprint,
+          lambda lay: lay.stats("rewrite"), rewrite_stage.outputs, _run_rewrite,
+          lambda lay, done: audit_stage.audit_rewrite(lay)),
     Stage("report", "finish", _always, _report_fingerprint, lambda lay: lay.stats("report"),
           lambda lay: [lay.report_dir / report_stage.INDEX_FILE], _run_report),
     Stage("export", "export", _has_export, _export_fingerprint, lambda lay: lay.stats("export"),

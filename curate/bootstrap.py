@@ -30,9 +30,10 @@ from curate import label as label_stage, score as score_stage, train as train_st
 from curate.config import Job
 from curate.dedup import NearDuplicateIndex
 from curate.io import Dropped, file_sha256, iter_readable, list_input_files, read_json, write_json, write_parquet
+from curate.labels import as_labels
 from curate.layout import Layout, fingerprint_of, input_stamps, is_current
 from curate.schema import (
-    BEHAVIOR_SCORE, BEHAVIORS, ID, LABELS_SCHEMA, PROB_COLUMNS, SAMPLE_SCHEMA, SCORES_SCHEMA, TEXT,
+    BEHAVIOR_SCORE, BEHAVIORS, ID, PROB_COLUMNS, SAMPLE_SCHEMA, SCORES_SCHEMA, TEXT,
 )
 
 log = logging.getLogger("curate")
@@ -45,13 +46,6 @@ TOP, UNCERTAIN = "top", "uncertain"
 def round_layout(out: Path, r: int) -> Layout:
     """The output folder of round `r`."""
     return Layout(out / BOOTSTRAP_DIR / f"round-{r:02d}")
-
-
-def as_labels(table: pa.Table) -> pa.Table:
-    """A labels table in LABELS_SCHEMA (columns the file lacks, e.g. `raw_response`, are null)."""
-    columns = [table[c].cast(f.type) if c in table.column_names else pa.nulls(len(table), f.type)
-               for c, f in zip(LABELS_SCHEMA.names, LABELS_SCHEMA)]
-    return pa.Table.from_arrays(columns, schema=LABELS_SCHEMA)
 
 
 def rankings(ids: list[str], probs: np.ndarray, behavior_score: np.ndarray, thresholds: np.ndarray

@@ -56,7 +56,8 @@ class InputConfig(_Section):
 
 
 class TrainConfig(_Section):
-    labels: PathStr | None = Field(None, description="labels file; defaults to the label stage's output")
+    labels: PathStr | None = Field(None, description="labels file; with a label stage, trained on together with its "
+                                   "labels (a document in both: the label stage's row)")
     epoch: int = Field(25, ge=1)
     lr: float = Field(0.2, gt=0)
     dim: int = Field(32, ge=1)
@@ -343,8 +344,6 @@ class Job(_Section):
                                  "labels), and no sample section")
         elif (self.sample is None) != (self.label is None):
             raise ValueError("the sample and label sections go together (sample -> label -> train)")
-        if self.bootstrap is None and self.label is not None and self.train.labels is not None:
-            raise ValueError("train.labels is set but the label stage makes the labels; remove one of them")
         return self
 
     @model_validator(mode="after")

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.schema import BEHAVIORS, ID, RAW_RESPONSE, TEXT
+from curate.schema import BEHAVIORS, ID, LABELS_SCHEMA, RAW_RESPONSE, TEXT
 
 
 class LabelsError(ValueError):
@@ -79,3 +80,27 @@ def read_counts(path: str | Path) -> dict[str, dict[str, int | None]]:
     table = pq.read_table(path, columns=[ID, *BEHAVIORS])
     columns = {c: table[c].to_pylist() for c in (ID, *BEHAVIORS)}
     return {i: {b: columns[b][k] for b in BEHAVIORS} for k, i in enumerate(columns[ID])}
+
+
+def as_labels(table: pa.Table) -> pa.Table:
+    """A labels table in LABELS_SCHEMA (columns the file lacks, e.g. `raw_response`, are null)."""
+    columns = [table[c].cast(f.type) if c in table.column_names else pa.nulls(len(table), f.type)
+               for c, f in zip(LABELS_SCHEMA.names, LABELS_SCHEMA)]
+    return pa.Table.from_arrays(columns, schema=LABELS_SCHEMA)
+
+
+def combine_labels(paths: list[Path], out: Path) -> Path:
+    """The rows of several labels files as one (LABELS_SCHEMA), a document labeled in more than one
+    taking its row from the first file that has it; written atomically to `out`."""
+    from curate.io import write_parquet
+
+    tables = [as_labels(pq.read_table(p)) for p in paths]
+    seen: set[str] = set()
+    keep = []
+    for table in tables:
+        ids = table.column(ID).to_pylist()
+        rows = [i for i, doc in enumerate(ids) if doc not in seen]
+        seen.update(ids)
+        keep.append(table.take(rows))
+    write_parquet(pa.concat_tables(keep), out)
+    return out

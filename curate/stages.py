@@ -28,6 +28,7 @@ from curate import train as train_stage
 from curate.config import ExportConfig, Job
 from curate.executors import DaskCluster
 from curate.io import file_sha256, list_input_files
+from curate.labels import combine_labels
 from curate.layout import Layout, fingerprint_of, input_stamps, recorded_fingerprint
 
 log = logging.getLogger("curate")
@@ -137,22 +138,23 @@ def _run_label(ctx: Context, fingerprint: str) -> StageResult:
 
 # --- train -------------------------------------------------------------------------------------
 
-def train_labels(job: Job, layout: Layout) -> Path:
-    """The labels the classifier is trained on: the label stage's, else `train.labels`."""
-    if _has_labeling(job):
-        return layout.labels_file
-    if job.train.labels is None:
+def train_labels(job: Job, layout: Layout) -> list[Path]:
+    """The labels files the classifier is trained on: the label stage's and/or `train.labels`."""
+    sources = ([layout.labels_file] if _has_labeling(job) else []) + ([Path(job.train.labels)] if job.train.labels
+                                                                        else [])
+    if not sources:
         raise ValueError("train.labels is not set and the job has no sample/label stages")
-    return Path(job.train.labels)
+    return sources
 
 
 def _train_fingerprint(ctx: Context) -> str:
-    labels = train_labels(ctx.job, ctx.layout)
-    return fingerprint_of(file_sha256(labels), ctx.job.train.model_dump(exclude={"labels"}), ctx.job.seed)
+    sources = train_labels(ctx.job, ctx.layout)
+    return fingerprint_of([file_sha256(p) for p in sources], ctx.job.train.model_dump(exclude={"labels"}), ctx.job.seed)
 
 
 def _run_train(ctx: Context, fingerprint: str) -> StageResult:
-    labels = train_labels(ctx.job, ctx.layout)
+    sources = train_labels(ctx.job, ctx.layout)
+    labels = sources[0] if len(sources) == 1 else combine_labels(sources, ctx.layout.logs("train") / "labels.parquet")
     card = train_stage.train(labels, ctx.layout.classifier_dir, ctx.job.train, seed=ctx.job.seed,
                              fingerprint=fingerprint)
     aucs = ", ".join(f"{b} {m['roc_auc']}" for b, m in card["metrics"].items())

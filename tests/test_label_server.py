@@ -256,7 +256,7 @@ def test_job_runs_sample_then_label_and_hands_the_labels_to_train(llama_server, 
         job = load_job(path)
         results = run_job(job, only={"sample", "label"})
         assert [(r.stage, r.ran) for r in results] == [("sample", expected), ("label", expected)], results
-    labels_path = train_labels(job, Layout(job.out))
+    [labels_path] = train_labels(job, Layout(job.out))
     assert labels_path == tmp_path / "out" / LABELS_FILE and job.train.labels is None  # the job is not changed
     assert pq.read_table(labels_path).num_rows == 2
     audit = run_curate("audit", tmp_path / "out")  # sample and label stages accounted for

@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-RESULTS = REPO / "benchmarks" / "results"
+import record  # noqa: E402 (benchmarks/record.py, beside this script)
 OWM_DOCS, OWM_TOKENS = 6_300_000, 14_700_000_000
 
 
@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--parts", default="overhead,memory,scaling", help="comma-separated subset")
     parser.add_argument("--work", default="/tmp/bench/runs")
+    record.add_options(parser)
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     corpus, big, work = Path(args.corpus), Path(args.big), Path(args.work)
@@ -217,10 +218,7 @@ def main() -> None:
     for part in ("overhead", "projection", "memory", "scaling"):
         if part in results:  # each part records the machine state it was measured under
             results[part].update(loadavg=[results["loadavg_start"], results["loadavg_end"]], machine_busy=busy)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "score.json"
-    earlier = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**earlier, **results}, indent=1) + "\n")  # parts not rerun are kept
+    record.save("score", results, args)
 
 
 def _run_entry(kind: str, corpus: str, model: str, out: str, tasks: str, workers: str) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+import record  # noqa: E402 (benchmarks/record.py, beside this script)
 
 LAYOUTS = {"counts": dict(prompt="counts", max_quotes=0, max_tokens=96),
            "counts+quotes": dict(prompt="counts", max_quotes=3, max_tokens=512),
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("--max-doc-tokens", type=int, default=512)
     parser.add_argument("--endpoint-url", default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "label_prompt_cost.json"))
+    record.add_options(parser)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="label-bench-"))
@@ -100,8 +101,7 @@ def main() -> None:
     report = {"docs": args.docs, "max_doc_tokens": args.max_doc_tokens, "server": "llama.cpp SmolLM2-135M-Instruct"
               if server else url, "layouts": {k: {m: v[m] for m in keep} for k, v in results.items()},
               "reference_answer_tokens": reference}
-    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
-    print(f"written: {args.json}")
+    record.save("label_prompt_cost", report, args)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+import record  # noqa: E402 (benchmarks/record.py, beside this script)
 SOURCE = REPO.parent / "shared" / "data" / "mathweb"
-RESULTS = REPO / "benchmarks" / "results"
 
 OWM_DOCS, OWM_TOKENS = 6_300_000, 14_700_000_000
 MEAN_TOKENS = OWM_TOKENS / OWM_DOCS  # ≈ 2333
@@ -137,6 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--out", default="/tmp/bench", help="parent folder of the corpora (not the repository)")
+    record.add_options(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild a corpus that already exists")
     args = parser.parse_args()
@@ -158,10 +159,7 @@ def main() -> None:
     for name, m in manifests.items():
         print(f"{name:12s} {m['documents']:8d} {m['shards']:6d} {m['bytes_of_text'] / 1e6:8.1f} "
               f"{m['mean_tokens_per_doc']:12.1f} {m['median_tokens_per_doc']:7.0f} {m['target_mean_tokens']:7.0f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    results_path = RESULTS / "corpus.json"
-    earlier = json.loads(results_path.read_text())["corpora"] if results_path.exists() else {}
-    results_path.write_text(json.dumps({"out": args.out, "corpora": {**earlier, **manifests}}, indent=1) + "\n")
+    record.save("corpus", {"out": args.out, **manifests}, args)
 
 
 if __name__ == "__main__":

@@ -230,3 +230,19 @@ def llama_server(tmp_path_factory):
     server = LlamaServer(tmp_path_factory.mktemp("llama") / "server.log").start()
     yield server
     server.stop()
+
+
+def kill_server_mid_run(command: list[str], server: "LlamaServer", proxy: "RecordingProxy", cwd, answers: int = 2
+                        ) -> tuple[int, str, set[str]]:
+    """Run `command`; once `answers` documents were answered through `proxy`, SIGKILL the LLM server
+    (the command is then waiting for its next answer) and stop the proxy. Returns the command's exit
+    code, its stderr, and the documents answered before the kill."""
+    first = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(proxy.answered()) < answers and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.2)
+    assert len(proxy.answered()) >= answers, f"{command[3]} did not get {answers} answers"
+    server.kill()
+    proxy.stop()
+    _stdout, stderr = first.communicate(timeout=120)
+    return first.returncode, stderr, set(proxy.answered())

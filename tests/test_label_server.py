@@ -21,7 +21,7 @@ import pytest
 
 from curate.schema import BEHAVIORS, LABELS_SCHEMA
 from tests.helpers import REPO, run_curate
-from tests.llm_server import LlamaServer, RecordingProxy, require_llama_cpp
+from tests.llm_server import LlamaServer, RecordingProxy, kill_server_mid_run, require_llama_cpp
 
 pytestmark = pytest.mark.slow
 
@@ -157,17 +157,9 @@ def test_killed_server_run_resumes_without_asking_a_finished_document_again(gsm_
     command = [sys.executable, "-m", "curate", "label", str(_subset(gsm_sample, tmp_path, 0, 4)), "--out", str(out),
                "--endpoint-url", proxy.url, "--records-per-chunk", "2", "--retries", "1", *SMALL]
     try:
-        first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 300
-        while len(proxy.answered()) < 2 and time.monotonic() < deadline and first.poll() is None:
-            time.sleep(0.2)
-        assert len(proxy.answered()) >= 2, "the labeler did not get two answers"
-        server.kill()  # SIGKILL, mid-run: the labeler is waiting for its next answer
-        proxy.stop()
-        _stdout, stderr = first.communicate(timeout=120)
-        assert first.returncode == 1
+        returncode, stderr, answered_before = kill_server_mid_run(command, server, proxy, REPO)
+        assert returncode == 1
         assert "run the same command again to resume" in stderr
-        answered_before = set(proxy.answered())
 
         server = LlamaServer(tmp_path / "server.log").start()
         proxy = RecordingProxy(server.url, port=proxy.port, records=proxy.records).start()

@@ -45,6 +45,15 @@ def _run_job(tmp_path):
                      mix={"method": "proportional", "token_budget": 200000, "shard_rows": 100})
 
 
+def _kill_when(run: Watched, condition, what: str) -> list[str]:
+    """SIGKILL `run` once `condition()` holds; the command lines of its processes at that moment."""
+    run.wait_until(condition, what)
+    running_then = run.live_cmdlines()
+    run.send(signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL
+    return running_then
+
+
 def _count(watched: Watched, text: str) -> int:
     return sum(text in line for line in watched.live_cmdlines())
 
@@ -140,10 +149,7 @@ def test_sigkill_of_label_leaves_no_process(llama_server, label_sample, watched_
     try:
         label = _start(watched_runs, "label", label_sample, "--out", tmp_path / "labels", "--endpoint-url",
                        proxy.url, *LABEL_ARGS, logs=tmp_path)
-        label.wait_until(lambda: proxy.records, "a request to the server")
-        running_then = label.live_cmdlines()
-        label.send(signal.SIGKILL)
-        assert label.wait() == -signal.SIGKILL
+        running_then = _kill_when(label, lambda: proxy.records, "a request to the server")
     finally:
         proxy.stop()
     assert running_then, "the labeler had no child process to test"  # datatrove's Manager
@@ -228,10 +234,7 @@ def test_sigkill_of_bootstrap_while_it_labels_leaves_no_process(llama_server, wa
                     bootstrap={"rounds": 1, "per_round": 2, "uncertain_fraction": 0.5})
     try:
         bootstrap = _start(watched_runs, "bootstrap", job, logs=tmp_path)
-        bootstrap.wait_until(lambda: proxy.records, "a labeling request of round 1")
-        running_then = bootstrap.live_cmdlines()
-        bootstrap.send(signal.SIGKILL)
-        assert bootstrap.wait() == -signal.SIGKILL
+        running_then = _kill_when(bootstrap, lambda: proxy.records, "a labeling request of round 1")
     finally:
         proxy.stop()
     assert bootstrap.left(timeout=STOP_WITHIN_S) == [], f"left behind; running at the kill: {running_then}"

@@ -23,7 +23,7 @@ import yaml
 
 from curate.schema import BEHAVIORS, REWRITE_SCHEMA
 from tests.helpers import REPO, read_dir, run_curate, write_job
-from tests.llm_server import LlamaServer, RecordingProxy, document_key, require_llama_cpp
+from tests.llm_server import LlamaServer, RecordingProxy, document_key, kill_server_mid_run, require_llama_cpp
 
 BUNDLED_LABELS = REPO / "curate" / "data" / "labels" / "gold.parquet"
 MAX_DOC_TOKENS, MAX_TOKENS = 60, 128
@@ -212,17 +212,9 @@ def test_killed_server_run_resumes_without_asking_a_finished_document_again(job_
     command = [sys.executable, "-m", "curate", "rewrite", "--out", str(out), "--endpoint-url", proxy.url,
                "--records-per-chunk", "2", "--retries", "1", "--max-tokens", "48", "--max-error-rate", "1", *SMALL]
     try:
-        first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 300
-        while len(proxy.answered()) < 2 and time.monotonic() < deadline and first.poll() is None:
-            time.sleep(0.2)
-        assert len(proxy.answered()) >= 2, "the rewriter did not get two answers"
-        server.kill()  # SIGKILL, mid-run
-        proxy.stop()
-        _stdout, stderr = first.communicate(timeout=120)
-        assert first.returncode == 1 and "error: rewriting: stopped after" in stderr, stderr[-2000:]
+        returncode, stderr, answered_before = kill_server_mid_run(command, server, proxy, REPO)
+        assert returncode == 1 and "error: rewriting: stopped after" in stderr, stderr[-2000:]
         assert "run the same command again to resume" in stderr and not (out / "rewrite").exists()
-        answered_before = set(proxy.answered())
 
         server = LlamaServer(tmp_path / "server.log").start()
         proxy = RecordingProxy(server.url, port=proxy.port, records=proxy.records).start()

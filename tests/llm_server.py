@@ -246,3 +246,10 @@ def kill_server_mid_run(command: list[str], server: "LlamaServer", proxy: "Recor
     proxy.stop()
     _stdout, stderr = first.communicate(timeout=120)
     return first.returncode, stderr, set(proxy.answered())
+
+
+def answered_once_each(proxy: "RecordingProxy", documents: int, answered_before: set[str], n_before: int) -> None:
+    """After a resumed run: every document answered exactly once, none answered before asked again."""
+    answered = proxy.answered()
+    assert len(set(answered)) == documents and max(answered.count(d) for d in set(answered)) == 1, answered
+    assert not answered_before & {r["doc"] for r in proxy.records[n_before:]}  # finished ones never asked again

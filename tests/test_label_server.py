@@ -21,7 +21,9 @@ import pytest
 
 from curate.schema import BEHAVIORS, LABELS_SCHEMA
 from tests.helpers import REPO, run_curate
-from tests.llm_server import LlamaServer, RecordingProxy, kill_server_mid_run, require_llama_cpp
+from tests.llm_server import (
+    LlamaServer, RecordingProxy, answered_once_each, kill_server_mid_run, require_llama_cpp,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -172,9 +174,7 @@ def test_killed_server_run_resumes_without_asking_a_finished_document_again(gsm_
     finally:
         server.stop()
         proxy.stop()
-    answered = proxy.answered()
-    assert len(set(answered)) == 4 and Counter(answered).most_common(1)[0][1] == 1  # each answered exactly once
-    assert not answered_before & {r["doc"] for r in proxy.records[n_before:]}  # finished ones never asked again
+    answered_once_each(proxy, 4, answered_before, n_before)
     assert pq.read_table(out / LABELS_FILE).num_rows == 4
     assert json.loads((out / STATS_FILE).read_text())["this_run"]["documents"] == 4 - len(answered_before)
 

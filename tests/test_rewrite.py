@@ -23,7 +23,9 @@ import yaml
 
 from curate.schema import BEHAVIORS, REWRITE_SCHEMA
 from tests.helpers import REPO, read_dir, run_curate, write_job
-from tests.llm_server import LlamaServer, RecordingProxy, document_key, kill_server_mid_run, require_llama_cpp
+from tests.llm_server import (
+    LlamaServer, RecordingProxy, answered_once_each, document_key, kill_server_mid_run, require_llama_cpp,
+)
 
 BUNDLED_LABELS = REPO / "curate" / "data" / "labels" / "gold.parquet"
 MAX_DOC_TOKENS, MAX_TOKENS = 60, 128
@@ -224,9 +226,7 @@ def test_killed_server_run_resumes_without_asking_a_finished_document_again(job_
     finally:
         server.stop()
         proxy.stop()
-    answered = proxy.answered()
-    assert len(set(answered)) == 6 and Counter(answered).most_common(1)[0][1] == 1  # each answered exactly once
-    assert not answered_before & {r["doc"] for r in proxy.records[n_before:]}  # finished ones never asked again
+    answered_once_each(proxy, 6, answered_before, n_before)
     assert pq.read_table(out / "rewrite" / "data").num_rows == 6
     stats = json.loads((out / STATS).read_text())
     assert stats["documents"] == 6 and stats["this_run"]["documents"] == 6 - len(answered_before)

@@ -173,6 +173,7 @@ def test_sample_and_label_run_as_slurm_jobs_before_train(slurm_cluster, llama_se
                      train={"cv_folds": 2})
     spec = yaml.safe_load(job.read_text())
     spec["train"]["labels"] = None  # the label stage makes train's labels (dryrun.yaml names the bundled ones)
+    spec["slurm"]["stages"] = {"label": {"cpus_per_task": 2, "mem_per_cpu_gb": 1, "time": "00:15:00"}}
     job.write_text(yaml.safe_dump(spec, sort_keys=False))
     out = tmp_path / "out"
     stages = submitted(run_curate("run", job))
@@ -181,6 +182,12 @@ def test_sample_and_label_run_as_slurm_jobs_before_train(slurm_cluster, llama_se
 
     jobs = json.loads((out / "logs" / "slurm" / "jobs.json").read_text())
     assert {stage: info["job_id"] for stage, info in jobs.items()} == stages
+    # what Slurm was given (datatrove keeps the submitted script): the label task its own resources, the others theirs
+    script = {task: (Path(info["logging_dir"]) / "launch_script.slurm").read_text() for task, info in jobs.items()}
+    assert "#SBATCH --cpus-per-task=2\n" in script["label"] and "#SBATCH --mem-per-cpu=1G\n" in script["label"]
+    assert "#SBATCH --time=00:15:00\n" in script["label"]
+    for task in ("sample", "train", "score", "finish"):
+        assert "#SBATCH --cpus-per-task=1\n" in script[task] and "#SBATCH --time=00:20:00\n" in script[task], task
     for stage in ("sample", "label"):  # each ran as its Slurm job and finished
         assert (Path(jobs[stage]["logging_dir"]) / "completions" / "00000").exists()
     labels = pq.read_table(out / "labels" / "labels.parquet")

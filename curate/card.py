@@ -172,6 +172,8 @@ def dataset_card(name: str, stats: dict, layout: Layout, mixes: dict[str, dict] 
                    f"{method['max_repeats']})" if control else
                    f"`{method['method']}` (threshold {method['threshold']}, max repeats {method['max_repeats']}, "
                    f"temperature {method['temperature']})")
+    shards = (f"{len(stats['shards'])} in `{DATA_DIR}/`, at most {method['shard_rows']:,} rows each"
+              + (", copies materialized and shuffled" if stats["materialized"] else ""))
     extra = _control_section(stats) if control else f"""## Methods compared
 Expected enrichment (expected share of tokens showing the behavior in the mix ÷ in the scored
 corpus) of each method at this budget, on this run's scores:
@@ -199,7 +201,7 @@ the enrichment over the scored corpus:
 | tokens in the mix | {stats['tokens_out']:,} |
 | token budget | {budget} (off by {budget_error}) |
 | method | {method_line} |
-| shards | {len(stats['shards'])} in `{DATA_DIR}/`, at most {method['shard_rows']:,} rows each{', copies materialized and shuffled' if stats['materialized'] else ''} |
+| shards | {shards} |
 | token counts | {counting} |
 
 Filters before mixing:

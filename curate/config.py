@@ -290,8 +290,10 @@ class DedupConfig(_Section):
     backend: Literal["datasketch", "datatrove"] = Field(
         "datasketch", description="'datasketch': in one process; 'datatrove': MinHash stages as pipelines (clusters)")
     num_perm: int = Field(128, ge=8, description="MinHash permutations (datatrove: buckets x hashes per bucket)")
-    threshold: float = Field(0.8, gt=0, lt=1, description="estimated Jaccard similarity of word shingles above which two documents are near-duplicates")
-    bands: int | None = Field(None, ge=1, description="LSH bands (rows = num_perm // bands); default: chosen for the threshold")
+    threshold: float = Field(0.8, gt=0, lt=1, description="estimated Jaccard similarity of word shingles above "
+                                                          "which two documents are near-duplicates")
+    bands: int | None = Field(None, ge=1, description="LSH bands (rows = num_perm // bands); default: chosen for "
+                                                      "the threshold")
     shingle_size: int = Field(5, ge=1, description="words per shingle")
     seed: int = Field(1, description="MinHash permutation seed")
 

@@ -8,7 +8,8 @@ band (log scale), lowest `behavior_score` first, repeating a document up to `max
 when a band runs short; a shortfall moves to the nearest bands of the host (shorter and longer in
 turn), then to the same bands of any host. Matched documents run a little shorter than the ones
 they match, so more copies are matched the same way (to the main mix's longest copies first)
-until the tokens are within 0.1% of the main mix's. The stats record how well the two match: per-host token shares (goal: within 5 percentage
+until the tokens are within 0.1% of the main mix's. The stats record how well the two match: per-host
+token shares (goal: within 5 percentage
 points) and the token-length deciles over copies (goal: within 10%).
 """
 

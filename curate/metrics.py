@@ -88,7 +88,7 @@ def length_matched_auc(y: np.ndarray, score: np.ndarray, n_chars: np.ndarray, ho
 
 def reliability_curve(y: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[dict]:
     """Reliability-diagram data: documents in `bins` equal-width probability bins, per non-empty bin
-    its range, document count, mean predicted probability and observed positive rate."""
+    its range, documents, positives, mean predicted probability and observed positive rate."""
     y = np.asarray(y, dtype=bool)
     which = np.minimum((np.asarray(probs) * bins).astype(np.int64), bins - 1)
     out = []
@@ -96,6 +96,6 @@ def reliability_curve(y: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[
         members = which == k
         if members.any():
             out.append({"bin": [round(k / bins, 4), round((k + 1) / bins, 4)], "documents": int(members.sum()),
-                        "mean_predicted": round(float(probs[members].mean()), 4),
+                        "positives": int(y[members].sum()), "mean_predicted": round(float(probs[members].mean()), 4),
                         "observed": round(float(y[members].mean()), 4)})
     return out

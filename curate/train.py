@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 NONE_LABEL = "none"
 AUC_MARGIN = 0.05  # a behavior must beat the length-only scorer by this much ROC-AUC
-MAX_ROW_LOGIT = 1e3  # a fastText fit with an input row whose logit is larger has diverged
+MAX_ROW_LOGIT = 1e4  # a fastText fit with an input row whose logit is larger has diverged (fits give < ~300)
 
 
 def fasttext_line(text: str, positives: list[str]) -> str:

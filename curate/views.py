@@ -77,12 +77,15 @@ def view_bytes(texts: list[str], normalization: str) -> tuple[np.ndarray, np.nda
     if normalization != "math":
         return mapped, offsets
     size = np.frombuffer(raw.translate(sizes), dtype=np.uint8)
-    ends = np.cumsum(size, dtype=np.int64)  # end of each input byte's piece in the view
+    # end of each input byte's piece in the view (int32 while it fits: half the memory traffic)
+    ends = np.cumsum(size, dtype=np.int32 if 3 * len(size) < 2**31 else np.int64)
+    view_offsets = np.zeros(len(offsets), dtype=np.int64)
+    view_offsets[1:] = np.where(offsets[1:] > 0, ends[np.maximum(offsets[1:] - 1, 0)] if len(ends) else 0, 0)
     view = np.full(int(ends[-1]) if len(ends) else 0, SPACE, dtype=np.uint8)
-    position = ends - 1
-    position -= size == 3  # a symbol sits before its trailing space
-    view[position] = mapped
-    return view, np.concatenate([[0], ends])[offsets]
+    ends -= 1
+    ends -= size == 3  # a symbol sits before its trailing space
+    view[ends] = mapped
+    return view, view_offsets
 
 
 def _strings(data: np.ndarray, offsets: np.ndarray) -> list[str]:

@@ -56,36 +56,49 @@ def line_rows(word_row: np.ndarray, word_hash: np.ndarray, line_bounds: np.ndarr
     starts = line_bounds[:-1] + np.arange(n_lines)
     lengths = np.diff(line_bounds) + 1
     left = np.repeat(starts + lengths, lengths) - np.arange(len(word_row))  # positions from each to its line's end
-    rows = np.full((word_ngrams, len(word_row)), nothing, dtype=np.int64)
+    rows = np.empty((word_ngrams, len(word_row)), dtype=np.int64)
     rows[0] = word_row
-    chain = word_hash.astype(np.uint64)
+    hashes = word_hash.view(np.uint64)  # sign-extended int64 -> the same bits as uint64, no copy
+    chain = hashes
     for n in range(2, word_ngrams + 1):  # the n-gram each position starts, hashed as fastText does
         with np.errstate(over="ignore"):  # 64-bit wrap-around of sign-extended hashes
-            chain = chain[:-1] * NGRAM_MULTIPLIER + word_hash[n - 1:].astype(np.uint64)
-        row = (chain % np.uint64(bucket)).astype(np.int64) + n_words
+            chain = chain[:-1] * NGRAM_MULTIPLIER + hashes[n - 1:]
+        row = (chain % np.uint64(bucket)).view(np.int64) + n_words
         rows[n - 1, : len(row)] = np.where(left[: len(row)] >= n, row, nothing)
+        rows[n - 1, len(row):] = nothing
     return rows, starts
 
 
 def distinct_sums(table: np.ndarray, rows: np.ndarray, bounds: np.ndarray, nothing: int,
                   owner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """For each group k of positions `bounds[k]:bounds[k + 1]` of `rows` (word_ngrams, positions),
-    at least one row each: the sum of `table` over its distinct rows other than `nothing`, and how
-    many there are. `owner`: scratch space of len(table) integers (made when not given)."""
+    at least one position each: the sum of `table` over its distinct rows other than `nothing`
+    (whose table row must be zeros), and how many there are. `owner`: scratch space of len(table)
+    integers."""
     owner = np.empty(len(table), dtype=np.int64) if owner is None else owner
-    flat = rows.T.ravel()  # each position's rows together, so a group is a contiguous run
-    kept = flat != nothing
-    at = np.concatenate([[0], np.cumsum(kept)])[bounds * rows.shape[0]]  # group bounds among the kept rows
-    flat = flat[kept]
+    n, width = rows.shape
+    flat = rows.ravel()  # row-major: level l of position t is flat[l * width + t]
     position = np.arange(len(flat))
     first = np.empty(len(flat), dtype=bool)
-    for a, b in zip(at[:-1].tolist(), at[1:].tolist()):
-        group, where = flat[a:b], position[a:b]
-        owner[group] = where  # each distinct row keeps the position of one of its occurrences (whichever)
-        first[a:b] = owner[group] == where  # so exactly one occurrence per distinct row is marked
-    distinct_at = np.concatenate([[0], np.cumsum(first)])[at]
-    sums = np.add.reduceat(np.take(table, flat[first], axis=0), distinct_at[:-1], axis=0, dtype=np.float64)
-    return sums, np.diff(distinct_at)
+    levels = range(0, len(flat), width)
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        for level in levels:  # each distinct row keeps the position of one of its occurrences (whichever)
+            owner[flat[level + a: level + b]] = position[level + a: level + b]
+        for level in levels:  # so exactly one occurrence of each distinct row is marked
+            first[level + a: level + b] = owner[flat[level + a: level + b]] == position[level + a: level + b]
+    first = first.reshape(n, width)
+    counts = np.zeros(len(bounds) - 1, dtype=np.int64)
+    sums = np.zeros((len(bounds) - 1, table.shape[1]), dtype=np.float32)
+    for level in range(n):
+        marked = first[level]
+        cumulative = np.concatenate([[0], np.cumsum(marked)])[bounds]
+        counts += np.diff(cumulative)
+        values = np.take(table, rows[level][marked], axis=0)
+        nonempty = np.diff(cumulative) > 0
+        sums[nonempty] += np.add.reduceat(values, cumulative[:-1][nonempty], axis=0)  # float32, as fastText's sums
+    is_nothing = np.flatnonzero(first & (rows == nothing)) % width  # positions of the marked `nothing`s
+    counts -= np.bincount(np.searchsorted(bounds, is_nothing, side="right") - 1, minlength=len(counts))
+    return sums.astype(np.float64), counts
 
 
 class WindowLogits:
@@ -134,7 +147,7 @@ class WindowLogits:
         cached = self._pieces.get
         packed = np.fromiter((cached(p) or self._packed(p) for p in distinct), dtype=np.int64, count=len(distinct))
         packed = np.take(packed, encoded.indices.to_numpy(zero_copy_only=False))
-        return packed >> 32, (packed & 0xFFFFFFFF).astype(np.uint32).view(np.int32).astype(np.int64)
+        return packed >> 32, ((packed & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000  # the low 32 bits, sign-extended
 
     def line_rows(self, data: np.ndarray, token_starts: np.ndarray, window_bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`line_rows` of the windows of a batch. `data`: the views' bytes, tokens separated by runs
@@ -164,7 +177,7 @@ class WindowLogits:
         for more in rows[1:]:
             per_position += np.take(table, more, axis=0)
         inputs = (rows != self.nothing).sum(axis=0)
-        logits = np.add.reduceat(per_position, starts, axis=0, dtype=np.float64) / np.add.reduceat(inputs, starts)[:, None]
+        logits = np.add.reduceat(per_position, starts, axis=0).astype(np.float64) / np.add.reduceat(inputs, starts)[:, None]
         logits[:, unseen] = -np.inf
         return logits
 

@@ -184,6 +184,7 @@ def test_document_presence_is_fasttexts_rows_counted_once(held_out):
 
 def test_distinct_sums_count_each_row_once():
     table = np.arange(12, dtype=np.float32).reshape(6, 2)
+    table[5] = 0  # the scorer's `nothing` row
     rows = np.array([[0, 1, 1, 5, 2, 2, 3], [1, 5, 4, 5, 2, 5, 5]])  # 5: nothing
     sums, counts = distinct_sums(table, rows, np.array([0, 3, 3 + 4]), nothing=5)
     # group 0: rows {0, 1, 4} (1 twice); group 1: rows {5 -> none, 2, 3}

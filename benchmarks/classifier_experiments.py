@@ -30,23 +30,26 @@ from curate.schema import BEHAVIORS
 from curate.train import assign_folds, baseline_scores, cross_validate, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
-FASTTEXT = dict(fit="fasttext", window_words=100, calibrate_length=True)  # the previous default
-RECIPES = {  # name -> TrainConfig overrides, in the order they were tried
-    "fastText trainer, 100-token evidence windows, noisy-or, length calibration (previous default)": FASTTEXT,
-    "fastText trainer, same, epoch 50 lr 0.1": {**FASTTEXT, "epoch": 50, "lr": 0.1},
-    "linear: document model only (math view)": {"window_words": 0},
-    "linear: document + 50-token evidence windows (default)": {},
-    "linear: words view": {"normalization": "words"},
-    "linear: alnum view": {"normalization": "alnum"},
-    "linear: windows 30": {"window_words": 30},
-    "linear: windows 100": {"window_words": 100},
+FASTTEXT = dict(fit="fasttext", window_words=100, aggregate="noisy_or", calibrate_length=True)  # the previous default
+RECIPES = {  # name -> TrainConfig overrides of the default, in the order they were tried
+    "fastText trainer: 100-token evidence windows, noisy-or, length calibration (previous default)": FASTTEXT,
+    "fastText trainer: same, epoch 50, lr 0.1": {**FASTTEXT, "epoch": 50, "lr": 0.1},
+    "linear: document model only": {"window_words": 0},
+    "linear: document + 30-token evidence windows, max (default)": {},
+    "linear: no word vectors": {"embeddings": "none"},
+    "linear: presence power 0.5 (L2-like)": {"presence_power": 0.5},
+    "linear: presence power 0.25": {"presence_power": 0.25},
+    "linear: windows aggregated by noisy-or": {"aggregate": "noisy_or"},
+    "linear: 50-token windows": {"window_words": 50},
+    "linear: 100-token windows": {"window_words": 100},
     "linear: window C 0.3": {"window_c": 0.3},
     "linear: window C 3": {"window_c": 3.0},
-    "linear: aggregate max": {"aggregate": "max"},
+    "linear: words view (letters only)": {"normalization": "words"},
+    "linear: alnum view (letters and digits)": {"normalization": "alnum"},
     "linear: + log length in the calibration": {"calibrate_length": True},
-    "linear: presence power 0.35": {"presence_power": 0.35},
     "linear: word trigrams": {"word_ngrams": 3},
-    "linear: no evidence (windows labeled by document)": {"evidence": False},
+    "linear: no evidence (windows labeled by their document)": {"evidence": False},
+    "linear: 100k buckets": {"bucket": 100_000},
 }
 
 

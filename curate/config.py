@@ -45,13 +45,13 @@ class TrainConfig(_Section):
     embedding_grid: list[float] = Field([0.0, 1.0, 3.0], min_length=1, description="fit: linear: weights lambda of "
                                         "the word-vector kernel tried, one chosen per behavior with C")
     window_c: float = Field(1.0, gt=0, description="fit: linear: inverse regularization strength of the window model")
-    presence_power: float = Field(0.5, ge=0, description="fit: linear: the document model divides by (distinct input "
+    presence_power: float = Field(0.35, ge=0, description="fit: linear: the document model divides by (distinct input "
                                   "rows) ** this (0.5: an L2-normalized bag of words and n-grams)")
     cv_folds: int = Field(5, ge=2, description="k of the k-fold cross-validation (by document) behind the card's metrics")
     normalization: Literal["plain", "math", "words", "alnum"] = Field("math", description="'math': ASCII lowercase, LaTeX commands and "
                                                     "math symbols as tokens, digits -> 0; 'plain': whitespace only")
-    window_words: int = Field(50, ge=0, description="classifier tokens per scored window (0: whole documents only)")
-    aggregate: Literal["noisy_or", "max"] = Field("noisy_or", description="document logit from its windows'")
+    window_words: int = Field(30, ge=0, description="classifier tokens per scored window (0: whole documents only)")
+    aggregate: Literal["noisy_or", "max"] = Field("max", description="document logit from its windows'")
     evidence: bool = Field(True, description="train on windows labeled by the labeler's evidence quotes where present")
     calibrate_length: bool = Field(False, description="log length as an input of the calibration (fitted out-of-fold)")
     workers: int = Field(2, ge=1, description="fits run at once (each in its own process)")

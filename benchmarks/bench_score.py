@@ -172,7 +172,7 @@ def main() -> None:
             ("overhead", "docs/s: pipeline | bare | plain fastText",
              " | ".join(f"{med[k]['docs_per_s']:.0f}" for k in runs), ""),
             ("overhead", "CPU cost of predict vs plain fastText pass", f"{overhead['bare_cost_vs_plain_fasttext_cpu']:.2f}x",
-             "<= 1.5x (issue 8)"),
+             "<= 1.2x (issue 12)"),
             ("overhead", "pipeline setup (calibration, fingerprint) s", f"{setup['setup_wall_s']:.2f}", ""),
         ]
         projection_rate = med["pipeline"]

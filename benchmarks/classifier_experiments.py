@@ -1,51 +1,60 @@
 """Reproduce the classifier recipe comparison of classifiers/README.md.
 
 Each recipe is cross-validated with `curate.train.cross_validate` on the reference labels (5 folds
-by document, seeded; every fold fitted in a fresh process) and printed as a table of per-behavior
-ROC-AUC beside the length-only scorer's. Results go to benchmarks/results/classifier_experiments.json.
+by document, `curate.train.assign_folds` with the seed; linear fits choose their regularization
+inside each training fold; fastText fits each run in a fresh process) and printed as per-behavior
+ROC-AUC beside the length-only scorer's and the TF-IDF + logistic regression baseline's on the
+same folds (`curate.train.baseline_scores`: the bar of issue 12), with the length-matched ROC-AUC
+and the calibration check (expected / actual positives). Results go to
+benchmarks/results/classifier_experiments.json (one entry per recipe, kept across runs).
 
-    python3 benchmarks/classifier_experiments.py [--labels PATH] [--only NAME ...]
+    python3 benchmarks/classifier_experiments.py [--labels PATH] [--only NAME ...] [--list]
+    python3 benchmarks/classifier_experiments.py --cost      # scoring cost vs a plain fastText pass
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from curate.classifier import text_lengths
 from curate.config import TrainConfig
 from curate.io import write_json
+from curate.labels import read_evidence, read_labels, read_urls
+from curate.metrics import length_matched_auc, roc_auc, url_host
 from curate.schema import BEHAVIORS
-from curate.classifier import text_lengths
-from curate.labels import read_evidence, read_labels
-from curate.train import AUC_MARGIN, assign_folds, cross_validate, evaluate
+from curate.train import assign_folds, baseline_scores, cross_validate, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
-WHOLE = dict(window_words=0, evidence=False, normalization="plain", calibrate_length=False)
-WINDOWS = dict(calibrate_length=False, window_words=50)
-RECIPES = {  # name -> TrainConfig overrides, in the order they were tried
-    "plain fastText (whole doc)": WHOLE,
-    "+ length calibration": {**WHOLE, "calibrate_length": True},
-    "math normalization": {**WHOLE, "normalization": "math"},
-    "doc-trained, 50-word windows, max": {**WHOLE, "window_words": 50, "aggregate": "max"},
-    "evidence windows 50, max": {**WINDOWS, "aggregate": "max", "normalization": "plain"},
-    "evidence windows 50, noisy-or": {**WINDOWS, "normalization": "plain"},
-    "evidence windows 50, noisy-or, math": WINDOWS,
-    "evidence windows 50, noisy-or, math, epoch 50": {**WINDOWS, "epoch": 50},
-    "evidence windows 100 tokens, noisy-or, math + length calibration (default)": {},
-    "default, epoch 50": {"epoch": 50},
-    "default, epoch 50, lr 0.1": {"epoch": 50, "lr": 0.1},
-    "default, minCount 1": {"min_count": 1},
-    "default, dim 64": {"dim": 64},
-    "default, bucket 400k": {"bucket": 400_000},
-    "default, wordNgrams 3": {"word_ngrams": 3},
+FASTTEXT = dict(fit="fasttext", window_words=100, aggregate="noisy_or", calibrate_length=True)  # the previous default
+RECIPES = {  # name -> TrainConfig overrides of the default, in the order they were tried
+    "fastText trainer: 100-token evidence windows, noisy-or, length calibration (previous default)": FASTTEXT,
+    "fastText trainer: same, epoch 50, lr 0.1": {**FASTTEXT, "epoch": 50, "lr": 0.1},
+    "linear: document model only": {"window_words": 0},
+    "linear: document + 30-token evidence windows, max (default)": {},
+    "linear: no word vectors": {"embeddings": "none"},
+    "linear: presence power 0.5 (L2-like)": {"presence_power": 0.5},
+    "linear: presence power 0.25": {"presence_power": 0.25},
+    "linear: windows aggregated by noisy-or": {"aggregate": "noisy_or"},
+    "linear: 50-token windows": {"window_words": 50},
+    "linear: 100-token windows": {"window_words": 100},
+    "linear: window C 0.3": {"window_c": 0.3},
+    "linear: window C 3": {"window_c": 3.0},
+    "linear: words view (letters only)": {"normalization": "words"},
+    "linear: alnum view (letters and digits)": {"normalization": "alnum"},
+    "linear: + log length in the calibration": {"calibrate_length": True},
+    "linear: word trigrams": {"word_ngrams": 3},
+    "linear: no evidence (windows labeled by their document)": {"evidence": False},
+    "linear: 100k buckets": {"bucket": 100_000},
 }
 
 
 def scoring_cost(labels: str, model_dir: Path, repeats: int = 5) -> dict:
-    """Seconds to score the labeled texts with the full recipe (windows, math normalization,
+    """Seconds to score the labeled texts with the full recipe (view, windows, presence sums,
     aggregation, calibration) vs one plain whole-document fastText pass of the same model."""
     from curate.classifier import MODEL_FILE, BehaviorClassifier
     from curate.train import train
@@ -58,21 +67,27 @@ def scoring_cost(labels: str, model_dir: Path, repeats: int = 5) -> dict:
     def best_of(fn) -> float:
         times = []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = time.process_time()
             fn()
-            times.append(time.perf_counter() - start)
+            times.append(time.process_time() - start)
         return min(times)
 
     whole = best_of(lambda: classifier.model.predict(classifier_texts(texts, "plain"), k=-1, threshold=0.0))
     recipe = best_of(lambda: classifier.predict(texts))
-    return {"documents": len(texts), "whole_document_fasttext_s": round(whole, 4), "recipe_s": round(recipe, 4),
+    return {"documents": len(texts), "whole_document_fasttext_cpu_s": round(whole, 4), "recipe_cpu_s": round(recipe, 4),
             "ratio": round(recipe / whole, 3)}
+
+
+def _row(name: str, values: list[float | None], extra: str = "") -> str:
+    cells = " ".join("    n/a" if v is None else f"{v:7.3f}" for v in values)
+    return f"{name[:70]:70s} {cells} {np.mean([v for v in values if v is not None]):7.3f} {extra}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labels", default=str(REPO.parent / "shared" / "labels" / "gold.parquet"))
-    parser.add_argument("--only", nargs="*", help="recipe names to run (default: all)")
+    parser.add_argument("--labels", default=str(REPO / "curate" / "data" / "labels" / "gold.parquet"))
+    parser.add_argument("--only", nargs="*", help="recipe names (or unique prefixes) to run (default: all)")
+    parser.add_argument("--set", default="{}", help="JSON TrainConfig overrides: run one extra recipe named by them")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cost", action="store_true", help="only measure the scoring cost ratio")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "classifier_experiments.json"))
@@ -83,38 +98,56 @@ def main() -> None:
 
         with tempfile.TemporaryDirectory() as tmp:
             cost = scoring_cost(args.labels, Path(tmp))
-        print(f"scoring {cost['documents']} documents: whole-document fastText {cost['whole_document_fasttext_s']} s, "
-              f"recipe {cost['recipe_s']} s, ratio {cost['ratio']}")
+        print(f"scoring {cost['documents']} documents (CPU s, best of 5): whole-document fastText "
+              f"{cost['whole_document_fasttext_cpu_s']}, recipe {cost['recipe_cpu_s']}, ratio {cost['ratio']}")
         write_json(cost, Path(args.out).with_name("scoring_cost.json"))
         return
     ids, texts, counts, _ = read_labels(args.labels)
-    evidence = read_evidence(args.labels)
-    positive = counts > 0
+    evidence, positive = read_evidence(args.labels), counts > 0
+    hosts = [url_host(u) for u in read_urls(args.labels)]
     n_chars = text_lengths(texts)
-    results = {"labels": args.labels, "documents": len(ids), "seed": args.seed, "recipes": {}}
-    header = f"{'recipe':58s} " + " ".join(f"{b[:12]:>12s}" for b in BEHAVIORS) + "   mean   secs"
-    print(header)
-    for name, overrides in RECIPES.items():
-        if args.only and name not in args.only:
-            continue
+    folds = assign_folds(ids, positive, 5, args.seed)
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results.update(labels=args.labels, documents=len(ids), seed=args.seed)
+    recipes = dict(RECIPES)
+    if json.loads(args.set):
+        recipes = {f"linear: {args.set}": json.loads(args.set)}
+    elif args.only:
+        recipes = {n: o for n, o in RECIPES.items() if any(n.startswith(p) for p in args.only)}
+    print(f"{'ROC-AUC, 5-fold CV (seed ' + str(args.seed) + ')':70s} " + " ".join(f"{b[:7]:>7s}" for b in BEHAVIORS)
+          + "    mean")
+    length_score = np.log(n_chars)
+    base = baseline_scores(texts, positive, folds)
+    for name, score in (("length only (log characters)", np.repeat(length_score[:, None], 4, axis=1)),
+                        ("baseline: TF-IDF (1,2) + logistic regression C=10, same folds", base)):
+        aucs = [roc_auc(positive[:, j], score[:, j]) for j in range(4)]
+        matched = [length_matched_auc(positive[:, j], score[:, j], n_chars, hosts) for j in range(4)]
+        print(_row(name, aucs, "length-matched " + " ".join(f"{m:.3f}" for m in matched)))
+        results.setdefault("references", {})[name] = {"roc_auc": dict(zip(BEHAVIORS, aucs)),
+                                                      "length_matched_roc_auc": dict(zip(BEHAVIORS, matched))}
+    for name, overrides in recipes.items():
         cfg = TrainConfig(**overrides)
-        folds = assign_folds(ids, positive, cfg.cv_folds, args.seed)
         start = time.perf_counter()
-        cv = cross_validate(texts, positive, evidence, folds, cfg)
+        cv = cross_validate(texts, positive, evidence, folds, cfg, ids=ids, seed=args.seed, with_baseline=False)
         seconds = time.perf_counter() - start
-        metrics, _ = evaluate(positive, cv["oof_calibrated"], n_chars, folds)
-        if not results["recipes"]:
-            length = [metrics[b]["length_only"]["roc_auc"] for b in BEHAVIORS]
-            results["length_only"] = dict(zip(BEHAVIORS, length))
-            print(f"{'length only (log characters)':58s} " + " ".join(f"{a:12.3f}" for a in length)
-                  + f" {np.mean(length):6.3f}")
+        metrics, _ = evaluate(positive, cv["oof_calibrated"], n_chars, folds, base, hosts)
         aucs = [metrics[b]["roc_auc"] for b in BEHAVIORS]
-        flags = ["" if metrics[b]["auc_over_length"] >= AUC_MARGIN else "*" for b in BEHAVIORS]
-        print(f"{name:58s} " + " ".join(f"{a:11.3f}{f or ' '}" for a, f in zip(aucs, flags))
-              + f" {np.mean(aucs):6.3f} {seconds:6.0f}", flush=True)
-        results["recipes"][name] = {"overrides": overrides, "seconds": round(seconds, 1), "metrics": metrics}
-        write_json(results, args.out)
-    print(f"* = not {AUC_MARGIN} above length-only. Results in {args.out}")
+        inputs = {n: [roc_auc(positive[:, j], cv["inputs"][:, j, i]) for j in range(4)]
+                  for i, n in enumerate(cv["input_names"])}
+        print(_row(name, aucs, f"{seconds:4.0f}s  vs baseline " + " ".join(f"{metrics[b]['auc_over_baseline']:+.3f}"
+                                                                            for b in BEHAVIORS)), flush=True)
+        print(_row("    length-matched", [metrics[b]["length_matched_roc_auc"] for b in BEHAVIORS],
+                   "expected/actual " + " ".join(f"{metrics[b]['expected_over_actual']:.3f}" for b in BEHAVIORS)))
+        for input_name, values in inputs.items():
+            print(_row(f"    input {input_name} alone", values))
+        results.setdefault("recipes", {})[name] = {
+            "overrides": overrides, "seconds": round(seconds, 1), "inputs_roc_auc": inputs,
+            "metrics": {b: {k: metrics[b][k] for k in ("roc_auc", "pr_auc", "f1", "length_matched_roc_auc",
+                                                        "expected_over_actual", "auc_over_baseline")}
+                        for b in BEHAVIORS}}
+        write_json(results, out)
+    print(f"Results in {out}")
 
 
 if __name__ == "__main__":

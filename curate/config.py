@@ -58,20 +58,40 @@ class InputConfig(_Section):
 class TrainConfig(_Section):
     labels: PathStr | None = Field(None, description="labels file; with a label stage, trained on together with its "
                                    "labels (a document in both: the label stage's row)")
-    epoch: int = Field(25, ge=1)
-    lr: float = Field(0.2, gt=0)
-    dim: int = Field(32, ge=1)
+    fit: Literal["linear", "fasttext"] = Field("linear", description="'linear': regularized logistic regressions on "
+                                               "fastText's input rows, written as a fastText model; 'fasttext': "
+                                               "fastText's own trainer (epoch, lr, dim)")
+    epoch: int = Field(25, ge=1, description="fit: fasttext only")
+    lr: float = Field(0.2, gt=0, description="fit: fasttext only")
+    dim: int = Field(32, ge=1, description="fit: fasttext only")
     word_ngrams: int = Field(2, ge=1)
-    min_count: int = Field(2, ge=1)
-    bucket: int = Field(100_000, ge=1, description="hash buckets of the word n-grams")
+    min_count: int = Field(2, ge=1, description="documents (linear) / occurrences (fasttext) a word needs to be in "
+                           "the vocabulary")
+    bucket: int = Field(500_000, ge=1, description="hash buckets of the word n-grams")
+    c_grid: list[float] = Field([1.0, 3.0, 10.0, 30.0], min_length=1, description="fit: linear: inverse "
+                                "regularization strengths of the document model, one chosen per behavior by "
+                                "cross-validation inside each training fold")
+    embeddings: Literal["smollm2", "none"] = Field("smollm2", description="fit: linear: word vectors (SmolLM2-135M "
+                                                   "input embeddings, offline) shared by similar words' weights")
+    embedding_grid: list[float] = Field([0.0, 1.0, 3.0], min_length=1, description="fit: linear: weights lambda of "
+                                        "the word-vector kernel tried, one chosen per behavior with C")
+    window_c: float = Field(1.0, gt=0, description="fit: linear: inverse regularization strength of the window model")
+    presence_power: float = Field(0.35, ge=0, description="fit: linear: the document model divides by (distinct input "
+                                  "rows) ** this (0.5: an L2-normalized bag of words and n-grams)")
     cv_folds: int = Field(5, ge=2, description="k of the k-fold cross-validation (by document) behind the card's metrics")
-    normalization: Literal["plain", "math"] = Field("math", description="'math': ASCII lowercase, LaTeX commands and "
-                                                    "math symbols as tokens, digits -> 0; 'plain': whitespace only")
-    window_words: int = Field(100, ge=0, description="classifier tokens per scored window (0: whole documents)")
-    aggregate: Literal["noisy_or", "max"] = Field("noisy_or", description="document probability from its windows'")
+    normalization: Literal["plain", "math", "words", "alnum"] = Field(
+        "math", description="'math': ASCII lowercase, LaTeX commands and math symbols as tokens, digits -> 0; "
+        "'words': letters only; 'alnum': letters and digits; 'plain': whitespace only")
+    window_words: int = Field(30, ge=0, description="classifier tokens per scored window (0: whole documents only)")
+    aggregate: Literal["noisy_or", "max"] = Field("max", description="document logit from its windows'")
     evidence: bool = Field(True, description="train on windows labeled by the labeler's evidence quotes where present")
-    calibrate_length: bool = Field(True, description="logistic calibration on [logit p, log length], out-of-fold")
-    workers: int = Field(2, ge=1, description="fastText fits run at once (each in its own process)")
+    calibrate_length: bool = Field(False, description="log length as an input of the calibration (fitted out-of-fold)")
+    workers: int = Field(2, ge=1, description="fits run at once (each in its own process)")
+
+    @field_validator("c_grid", "embedding_grid", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        return [float(v) for v in value.split(",")] if isinstance(value, str) else value
 
 
 class ScoreConfig(_Section):

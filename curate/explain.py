@@ -86,6 +86,7 @@ class Windows:
     @classmethod
     def of(cls, model: BehaviorClassifier, texts: list[str]) -> Windows:
         probabilities, owner = model.window_probabilities(texts)
+        probabilities = probabilities[:, model.window_model_columns]
         spans, span_owner = window_spans(texts, model.recipe["normalization"], model.recipe["window_words"])
         if not np.array_equal(owner, span_owner):
             raise ValueError("the classifier's windows are not those of curate.views.window_spans")
@@ -180,6 +181,8 @@ def example_html(rank: int, example: Example, recipe: dict) -> str:
               if recipe["window_words"] else "the whole document (one window)")
     meta = (f"{col} {example.probability:.4f} (scores) · highlighted: {window}, probability "
             f"{example.window_probability:.4f} before calibration")
+    if recipe.get("fit") == "linear" and recipe["window_words"]:
+        meta += " by the window model (calibrated together with the whole-document model)"
     if recipe.get("aggregate") == "noisy_or" and example.windows > 1:
         meta += f", {100 * example.share:.0f}% of the document's noisy-or evidence"
     meta += f" · {len(example.text):,} characters"

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.schema import BEHAVIORS, ID, LABELS_SCHEMA, RAW_RESPONSE, TEXT
+from curate.schema import BEHAVIORS, ID, LABELS_SCHEMA, RAW_RESPONSE, TEXT, URL
 
 
 class LabelsError(ValueError):
@@ -104,3 +104,11 @@ def combine_labels(paths: list[Path], out: Path) -> Path:
         keep.append(table.take(rows))
     write_parquet(pa.concat_tables(keep), out)
     return out
+
+
+def read_urls(path: str | Path) -> list[str]:
+    """Per usable row of `read_labels`, its url (the id where the url is missing)."""
+    table, _, keep = _read_table(path)
+    ids = table.column(ID).to_pylist()
+    urls = table.column(URL).to_pylist() if URL in table.column_names else ids
+    return [urls[i] or ids[i] for i in keep]

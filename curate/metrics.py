@@ -56,3 +56,46 @@ def cross_validated_metrics(y: np.ndarray, score: np.ndarray, fold: np.ndarray) 
             **binary_metrics(y, score, thresholds)}
 
 
+def url_host(url: str | None) -> str:
+    """The host of a document's url ('' when it has none): what length-matched pairs share."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).netloc.lower() if url else ""
+
+
+def length_matched_auc(y: np.ndarray, score: np.ndarray, n_chars: np.ndarray, hosts: list[str],
+                       quantiles: int = 5) -> float | None:
+    """ROC-AUC over the (positive, negative) pairs that share a length quantile (of all documents'
+    characters; quintiles by default) and a url host: how well `score` ranks documents that length
+    and site cannot tell apart. Ties count half; None when no such pair exists."""
+    y = np.asarray(y, dtype=bool)
+    edges = np.quantile(n_chars, np.linspace(0, 1, quantiles + 1)[1:-1])
+    bin_of = np.searchsorted(edges, n_chars, side="right")
+    groups: dict[tuple, list[int]] = {}
+    for i, key in enumerate(zip(bin_of.tolist(), hosts)):
+        groups.setdefault(key, []).append(i)
+    wins = pairs = 0.0
+    for members in groups.values():
+        members = np.asarray(members)
+        pos, neg = score[members[y[members]]], np.sort(score[members[~y[members]]])
+        if len(pos) and len(neg):
+            below = np.searchsorted(neg, pos, side="left")
+            ties = np.searchsorted(neg, pos, side="right") - below
+            wins += float(below.sum() + ties.sum() / 2)
+            pairs += len(pos) * len(neg)
+    return round(wins / pairs, 4) if pairs else None
+
+
+def reliability_curve(y: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[dict]:
+    """Reliability-diagram data: documents in `bins` equal-width probability bins, per non-empty bin
+    its range, documents, positives, mean predicted probability and observed positive rate."""
+    y = np.asarray(y, dtype=bool)
+    which = np.minimum((np.asarray(probs) * bins).astype(np.int64), bins - 1)
+    out = []
+    for k in range(bins):
+        members = which == k
+        if members.any():
+            out.append({"bin": [round(k / bins, 4), round((k + 1) / bins, 4)], "documents": int(members.sum()),
+                        "positives": int(y[members].sum()), "mean_predicted": round(float(probs[members].mean()), 4),
+                        "observed": round(float(y[members].mean()), 4)})
+    return out

@@ -22,6 +22,9 @@ NORMALIZATIONS = {  # name -> what it does (written into the model card)
     "math": "fastText's whitespace characters -> spaces; ASCII letters lowercased; digits 1-9 -> 0; a space "
             "either side of each of $^_{}()=+-*/<>|[],.;:!? and before each backslash, so that x=2, $x$ "
             "and \\frac{a}{b} share tokens with other formulas",
+    "words": "ASCII letters lowercased; every other ASCII character (digits, punctuation, math symbols, "
+             "backslashes, whitespace) -> space: words only",
+    "alnum": "ASCII letters lowercased; every other ASCII character except digits -> space",
 }
 
 
@@ -40,6 +43,12 @@ def _byte_tables(normalization: str) -> tuple[bytes, bytes]:
         for byte in MATH_SYMBOLS:
             sizes[byte] = 3
         sizes[ord("\\")] = 2  # \frac -> " \frac": a command starts a token
+    elif normalization in ("words", "alnum"):
+        for byte in range(128):
+            if chr(byte).isalpha():
+                mapping[byte] = ord(chr(byte).lower())
+            elif not (normalization == "alnum" and chr(byte).isdigit()):
+                mapping[byte] = SPACE
     elif normalization != "plain":
         raise ValueError(f"unknown normalization {normalization!r} (expected one of {', '.join(NORMALIZATIONS)})")
     return bytes(mapping), bytes(sizes)
@@ -71,15 +80,18 @@ def view_bytes(texts: list[str], normalization: str) -> tuple[np.ndarray, np.nda
     raw, offsets = _utf8(texts, defuse_labels=normalization == "plain")
     mapping, sizes = _TABLES[normalization]
     mapped = np.frombuffer(raw.translate(mapping), dtype=np.uint8)
-    if normalization == "plain":
+    if normalization != "math":
         return mapped, offsets
     size = np.frombuffer(raw.translate(sizes), dtype=np.uint8)
-    ends = np.cumsum(size, dtype=np.int64)  # end of each input byte's piece in the view
+    # end of each input byte's piece in the view (int32 while it fits: half the memory traffic)
+    ends = np.cumsum(size, dtype=np.int32 if 3 * len(size) < 2**31 else np.int64)
+    view_offsets = np.zeros(len(offsets), dtype=np.int64)
+    view_offsets[1:] = np.where(offsets[1:] > 0, ends[np.maximum(offsets[1:] - 1, 0)] if len(ends) else 0, 0)
     view = np.full(int(ends[-1]) if len(ends) else 0, SPACE, dtype=np.uint8)
-    position = ends - 1
-    position -= size == 3  # a symbol sits before its trailing space
-    view[position] = mapped
-    return view, np.concatenate([[0], ends])[offsets]
+    ends -= 1
+    ends -= size == 3  # a symbol sits before its trailing space
+    view[ends] = mapped
+    return view, view_offsets
 
 
 def _strings(data: np.ndarray, offsets: np.ndarray) -> list[str]:

@@ -154,10 +154,11 @@ def check_article(article: dict, text: str, model: BehaviorClassifier, behavior:
     window with the probability shown; the text around it is the document's, elided beyond the context."""
     start, end = int(article["mark"]["data-start"]), int(article["mark"]["data-end"])
     shown = float(article["mark"]["data-window-probability"])
+    column = model.window_model_columns.start + behavior
     probs, owner = model.window_probabilities([text[start:end]])
-    assert len(owner) == 1 and probs[0, behavior] == pytest.approx(shown, abs=1e-6)
+    assert len(owner) == 1 and probs[0, column] == pytest.approx(shown, abs=1e-6)
     all_windows, _ = model.window_probabilities([text])
-    assert shown == pytest.approx(all_windows[:, behavior].max(), abs=1e-12)
+    assert shown == pytest.approx(all_windows[:, column].max(), abs=1e-12)
     assert model.predict([text])[0, behavior] == pytest.approx(float(article["attrs"]["data-probability"]), abs=1e-6)
     elided = dict(article["elided"])
     if "window" in elided:  # a window longer than MAX_WINDOW_CHARS: its two ends

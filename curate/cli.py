@@ -407,14 +407,17 @@ def _stopped_line(args, stop: procs.Stopped) -> str:
 
 
 def _cmd_eval_labels(args) -> int:
+    from curate.card import fmt_auc
     from curate.label import eval_labels
 
     result = eval_labels(args.labels, args.reference)
     print(f"{result['documents_in_both']} documents in both files")
     for behavior, m in result["behaviors"].items():
         rho = "n/a" if m["spearman"] is None else f"{m['spearman']:+.3f}"
+        aucs = "  ".join(f"{name} {fmt_auc(m[key])}" for name, key in (
+            ("ROC-AUC", "roc_auc"), ("length-matched", "length_matched_roc_auc"), ("length only", "length_only_roc_auc")))
         print(f"{behavior:18s} Spearman {rho}  F1(count>0) {m['f1']:.3f}  P {m['precision']:.3f}  R {m['recall']:.3f}"
-              f"  (n={m['documents']})")
+              f"  {aucs}  (n={m['documents']})")
     if args.json:
         from curate.io import write_json
 

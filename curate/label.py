@@ -179,21 +179,28 @@ def dry_run(sample_path: str | Path, layout: Layout, cfg: LabelConfig) -> str:
 
 def eval_labels(labels_path: str | Path, reference_path: str | Path) -> dict:
     """Agreement of a labels file with a reference one, per behavior, over the documents in both with
-    a count in both: Spearman correlation of counts and F1 of `count > 0` (reference as truth)."""
+    a count in both: Spearman correlation of counts, F1 of `count > 0` (reference as truth), and the
+    ROC-AUC of the counts as a score, over all pairs and over pairs that share a length quintile and
+    a url host (length-matched; the reference's text and url), beside length alone."""
     from scipy.stats import spearmanr
 
-    from curate.labels import read_counts
-    from curate.metrics import binary_metrics
+    from curate.labels import read_counts, read_lengths_and_hosts
+    from curate.metrics import binary_metrics, length_matched_auc, roc_auc
 
     labels, reference = read_counts(labels_path), read_counts(reference_path)
+    lengths, hosts = read_lengths_and_hosts(reference_path)
     common = sorted(set(labels) & set(reference))
     result = {"documents_in_both": len(common), "behaviors": {}}
     for b in BEHAVIORS:
-        pairs = [(labels[i][b], reference[i][b]) for i in common if labels[i][b] is not None and reference[i][b] is not None]
-        x = np.array([p[0] for p in pairs], dtype=float)
-        y = np.array([p[1] for p in pairs], dtype=float)
-        rho = float(spearmanr(x, y).statistic) if len(pairs) > 1 and x.std() > 0 and y.std() > 0 else None
+        both = [i for i in common if labels[i][b] is not None and reference[i][b] is not None]
+        x = np.array([labels[i][b] for i in both], dtype=float)
+        y = np.array([reference[i][b] for i in both], dtype=float)
+        n_chars = np.array([lengths[i] for i in both], dtype=float)
+        rho = float(spearmanr(x, y).statistic) if len(both) > 1 and x.std() > 0 and y.std() > 0 else None
         agreement = binary_metrics(y > 0, x, 0.5)  # a count of 1 or more against the reference's
-        result["behaviors"][b] = {"documents": len(pairs), "spearman": rho, **agreement,
-                                  "positives_labels": int(np.sum(x > 0)), "positives_reference": int(np.sum(y > 0))}
+        matched = length_matched_auc(y > 0, x, n_chars, [hosts[i] for i in both]) if both else None
+        result["behaviors"][b] = {
+            "documents": len(both), "spearman": rho, **agreement, "roc_auc": roc_auc(y > 0, x),
+            "length_matched_roc_auc": matched, "length_only_roc_auc": roc_auc(y > 0, n_chars),
+            "positives_labels": int(np.sum(x > 0)), "positives_reference": int(np.sum(y > 0))}
     return result

@@ -82,6 +82,16 @@ def read_counts(path: str | Path) -> dict[str, dict[str, int | None]]:
     return {i: {b: columns[b][k] for b in BEHAVIORS} for k, i in enumerate(columns[ID])}
 
 
+def read_lengths_and_hosts(path: str | Path) -> tuple[dict[str, int], dict[str, str]]:
+    """id -> characters of its text, and id -> url host ('' without a url), of a labels file."""
+    from curate.metrics import url_host
+
+    table, _, _ = _read_table(path)
+    ids, texts = table.column(ID).to_pylist(), table.column(TEXT).to_pylist()
+    urls = table.column(URL).to_pylist() if URL in table.column_names else [None] * len(ids)
+    return ({i: len(t or "") for i, t in zip(ids, texts)}, {i: url_host(u or "") for i, u in zip(ids, urls)})
+
+
 def as_labels(table: pa.Table) -> pa.Table:
     """A labels table in LABELS_SCHEMA (columns the file lacks, e.g. `raw_response`, are null)."""
     columns = [table[c].cast(f.type) if c in table.column_names else pa.nulls(len(table), f.type)

@@ -25,6 +25,7 @@ from curate.score import load_scores, scored_shards
 INDEX_FILE = "index.html"
 HISTOGRAMS, BUCKETS, AGREEMENT = "score_histograms.png", "tokens_by_bucket.png", "classifier_agreement.png"
 OUT_OF_FOLD = "classifier_roc_out_of_fold.png"
+RELIABILITY = "classifier_reliability_out_of_fold.png"
 MAX_MATCHES_SHOWN = 50
 
 
@@ -129,6 +130,48 @@ def out_of_fold_agreement(oof_path: Path) -> dict:
     return result
 
 
+def out_of_fold_reliability(oof_path: Path) -> dict:
+    """Per behavior, the reliability bins of the calibrated out-of-fold probabilities
+    (`curate.metrics.reliability_curve`), the actual positives and the expected ones (Σ p)."""
+    import pyarrow.parquet as pq
+
+    from curate.metrics import reliability_curve
+
+    table = pq.read_table(oof_path)
+    result = {"documents": table.num_rows, "behaviors": {}}
+    for behavior in BEHAVIORS:
+        y = table.column(f"label_{behavior}").to_numpy(zero_copy_only=False).astype(bool)
+        p = table.column(f"p_{behavior}").to_numpy().astype(np.float64)
+        result["behaviors"][behavior] = {"positives": int(y.sum()), "expected_positives": round(float(p.sum()), 2),
+                                         "bins": reliability_curve(y, p)}
+    return result
+
+
+def plot_reliability(reliability: dict, path: Path) -> None:
+    """Reliability diagram: observed positive rate against mean predicted probability per bin (marker
+    area ~ documents in the bin); on the diagonal a probability means what it says."""
+    plt = _pyplot()
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for behavior, m in reliability["behaviors"].items():
+        bins = m["bins"]
+        ax.plot([b["mean_predicted"] for b in bins], [b["observed"] for b in bins], "-", alpha=0.6)
+        ax.scatter([b["mean_predicted"] for b in bins], [b["observed"] for b in bins],
+                   s=[8 + 120 * np.sqrt(b["documents"] / reliability["documents"]) for b in bins],
+                   color=ax.lines[-1].get_color(),
+                   label=f"{behavior} (expected {m['expected_positives']:.0f} / actual {m['positives']} pos.)")
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="perfectly calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean calibrated probability in the bin")
+    ax.set_ylabel("observed share of positives")
+    ax.set_title(f"Out-of-fold reliability ({reliability['documents']:,} documents)")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
 def plot_agreement(agreement: dict, path: Path) -> None:
     """ROC curves of each behavior's probability against the given labels."""
     plt = _pyplot()
@@ -223,9 +266,10 @@ def write_report(layout: Layout, name: str | None = None, labels: str | Path | N
         not_drawn.append(f"tokens by score bucket: no mix in {layout.mix_dir()}")
     if layout.oof_file.exists():
         plot_agreement(out_of_fold_agreement(layout.oof_file), report_dir / OUT_OF_FOLD)
-        plots.append(OUT_OF_FOLD)
+        plot_reliability(out_of_fold_reliability(layout.oof_file), report_dir / RELIABILITY)
+        plots += [OUT_OF_FOLD, RELIABILITY]
     else:
-        not_drawn.append(f"out-of-fold ROC curves: no {layout.oof_file} beside the classifier")
+        not_drawn.append(f"out-of-fold ROC curves and reliability: no {layout.oof_file} beside the classifier")
     if labels is not None:
         agreement = classifier_agreement(table, labels) if table is not None else None
         if agreement and agreement["documents"]:

@@ -56,3 +56,20 @@ def test_only_documents_in_both_files_count(shared_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "50 documents in both files" in result.stdout and "Spearman" in result.stdout
     assert json.loads((tmp_path / "agreement.json").read_text())["documents_in_both"] == 50
+
+
+def test_counts_that_only_follow_length_are_told_apart(shared_dir, tmp_path):
+    """A labeler whose count is the length decile ranks documents about as well as length alone, and
+    the length-matched ROC-AUC (pairs in one length quintile and url host) shows that it knows nothing
+    else; the reference against itself is 1.0 on both."""
+    gold = pq.read_table(shared_dir / "labels" / "gold.parquet")
+    lengths = np.array([len(t) for t in gold.column("text").to_pylist()])
+    decile = np.searchsorted(np.quantile(lengths, np.linspace(0, 1, 11)[1:-1]), lengths).tolist()
+    pq.write_table(_with_counts(gold, {b: decile for b in BEHAVIORS}), tmp_path / "length.parquet")
+    by_length = eval_labels(tmp_path / "length.parquet", shared_dir / "labels" / "gold.parquet")["behaviors"]
+    itself = eval_labels(shared_dir / "labels" / "gold.parquet", shared_dir / "labels" / "gold.parquet")["behaviors"]
+    for b in BEHAVIORS:
+        m = by_length[b]
+        assert m["roc_auc"] == pytest.approx(m["length_only_roc_auc"], abs=0.03)
+        assert abs(m["length_matched_roc_auc"] - 0.5) < 0.12 < m["roc_auc"] - 0.5
+        assert itself[b]["roc_auc"] == 1.0 and itself[b]["length_matched_roc_auc"] == 1.0

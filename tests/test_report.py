@@ -43,7 +43,8 @@ def test_run_writes_the_report_with_existing_plots_and_the_card(output):
     page = index.read_text()
     assert f"{stats['documents_in']:,}" in page and f"{stats['tokens_out']:,}" in page
     images = re.findall(r'<img src="([^"]+)"', page)
-    assert set(images) == {"score_histograms.png", "tokens_by_bucket.png", "classifier_roc_out_of_fold.png"}
+    assert set(images) == {"score_histograms.png", "tokens_by_bucket.png", "classifier_roc_out_of_fold.png",
+                           "classifier_reliability_out_of_fold.png"}
     for src in images:
         assert (index.parent / src).is_file(), src
     card = (output / "mix" / "README.md").read_text()
@@ -51,7 +52,8 @@ def test_run_writes_the_report_with_existing_plots_and_the_card(output):
 
 
 def test_plots_are_real_pictures(output):
-    for name in ("score_histograms.png", "tokens_by_bucket.png", "classifier_roc_out_of_fold.png"):
+    for name in ("score_histograms.png", "tokens_by_bucket.png", "classifier_roc_out_of_fold.png",
+                 "classifier_reliability_out_of_fold.png"):
         size, colours, inked = pixel_stats(output / "report" / name)
         assert size[0] >= 500 and size[1] >= 300, (name, size)
         assert colours > 20 and inked > 0.02, (name, colours, inked)
@@ -76,6 +78,24 @@ def test_roc_curves_are_drawn_from_out_of_fold_predictions(output):
         assert agreement["behaviors"][behavior]["roc_auc"] == pytest.approx(card["metrics"][behavior]["roc_auc"],
                                                                             abs=1e-4)
         assert agreement["behaviors"][behavior]["positives"] == card["metrics"][behavior]["positives"]
+
+
+def test_reliability_is_drawn_from_out_of_fold_predictions(output):
+    """The reliability diagram's bins are the card's (both from the out-of-fold probabilities), each
+    bin's observed rate is its positives over its documents, and expected positives are Σ p."""
+    import pyarrow.parquet as pq
+
+    from curate.report import out_of_fold_reliability
+
+    card = json.loads((output / "classifier" / "card.json").read_text())
+    oof = pq.read_table(output / "classifier" / "oof.parquet")
+    reliability = out_of_fold_reliability(output / "classifier" / "oof.parquet")
+    for behavior in BEHAVIORS:
+        m, metrics = reliability["behaviors"][behavior], card["metrics"][behavior]
+        assert m["bins"] == metrics["reliability"]
+        assert m["expected_positives"] == pytest.approx(sum(oof.column(f"p_{behavior}").to_pylist()), abs=0.01)
+        assert m["expected_positives"] == pytest.approx(metrics["expected_positives"], abs=0.05)
+        assert sum(b["documents"] for b in m["bins"]) == oof.num_rows
 
 
 def card_folds(card: dict) -> int:

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 EOS = "</s>"
 NGRAM_MULTIPLIER = np.uint64(116049371)
-CACHE_LIMIT = 500_000  # distinct tokens remembered between batches (~60 MB at most)
+SHORT_TOKEN = 48  # bytes: longer tokens (rare) are hashed one by one in Python
 
 
 def fnv1a(token: str) -> int:
@@ -38,6 +38,28 @@ def fnv1a(token: str) -> int:
     for byte in token.encode("utf-8"):
         h = ((h ^ (byte | 0xFFFFFF00 if byte >= 0x80 else byte)) * 16777619) & 0xFFFFFFFF
     return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def fnv1a_array(strings: pa.Array) -> np.ndarray:
+    """`fnv1a` of every string of a (large) string array, as int64: one numpy pass per byte position
+    over the strings that long, in order of length; the few longer than SHORT_TOKEN in Python."""
+    if len(strings) == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int64)[strings.offset: strings.offset + len(strings) + 1]
+    data = strings.buffers()[2]
+    signed = (np.frombuffer(data, dtype=np.int8) if data is not None else np.zeros(0, np.int8)).astype(np.int32)
+    signed = signed.view(np.uint32)  # each byte sign-extended, as fastText's uint32_t(int8_t(c))
+    lengths = np.minimum(np.diff(offsets), SHORT_TOKEN + 1)
+    order = np.argsort(-lengths, kind="stable")
+    longer_than = len(strings) - np.cumsum(np.bincount(lengths, minlength=SHORT_TOKEN + 2))  # [j]: strings > j bytes
+    h = np.full(len(strings), 2166136261, dtype=np.uint32)
+    for j in range(min(int(lengths.max(initial=0)), SHORT_TOKEN)):
+        active = order[: longer_than[j]]
+        h[active] = (h[active] ^ signed[offsets[active] + j]) * np.uint32(16777619)
+    hashes = h.view(np.int32).astype(np.int64)
+    for i in np.flatnonzero(lengths > SHORT_TOKEN).tolist():
+        hashes[i] = fnv1a(strings[i].as_py())
+    return hashes
 
 
 def line_rows(word_row: np.ndarray, word_hash: np.ndarray, line_bounds: np.ndarray, *, word_ngrams: int,
@@ -123,31 +145,22 @@ class WindowLogits:
         table = input_matrix @ output.T  # float32, as fastText computes (half the memory traffic of float64)
         self.rows = np.vstack([table, np.zeros((1, len(labels)), dtype=np.float32)])  # last row: nothing (a word not in the vocabulary)
         self.nothing = len(self.rows) - 1
-        self.word_ids = {w: i for i, w in enumerate(words)}
-        self.eos_row, self.eos_hash = self.word_ids[EOS], fnv1a(EOS)
-        self._pieces: dict[str, int] = {}  # token (with the spaces after it) -> row << 32 | 32-bit hash
+        self.vocabulary = pa.array(words, pa.large_string())
+        self.eos_row, self.eos_hash = words.index(EOS), fnv1a(EOS)
         self._tables: dict[tuple, np.ndarray] = {}
         self._owner = np.empty(len(self.rows), dtype=np.int64)  # scratch space of `distinct_sums`
 
-    def _packed(self, piece: str) -> int:
-        token = piece.rstrip(" ")
-        packed = self.word_ids.get(token, self.nothing) << 32 | fnv1a(token) & 0xFFFFFFFF
-        if len(self._pieces) >= CACHE_LIMIT:
-            self._pieces.clear()
-        self._pieces[piece] = packed
-        return packed
-
     def _tokens(self, data: np.ndarray, token_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Word row and signed hash of every token; each distinct token is looked up once per batch."""
-        # a token runs to the next token's start (its trailing spaces are stripped once per distinct piece)
+        """Word row and signed hash of every token; each distinct token is looked up once per batch
+        (Arrow's hash-based dictionary encoding and set lookup, then `fnv1a_array`)."""
+        # a token runs to the next token's start: its trailing spaces are stripped from the distinct pieces
         pieces = pa.LargeStringArray.from_buffers(
             len(token_starts), pa.py_buffer(np.append(token_starts, len(data)).astype(np.int64)), pa.py_buffer(data))
         encoded = pc.dictionary_encode(pieces)
-        distinct = encoded.dictionary.to_pylist()
-        cached = self._pieces.get
-        packed = np.fromiter((cached(p) or self._packed(p) for p in distinct), dtype=np.int64, count=len(distinct))
-        packed = np.take(packed, encoded.indices.to_numpy(zero_copy_only=False))
-        return packed >> 32, ((packed & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000  # the low 32 bits, sign-extended
+        distinct = pc.utf8_rtrim(encoded.dictionary, characters=" ")
+        row = pc.index_in(distinct, value_set=self.vocabulary).fill_null(self.nothing).to_numpy().astype(np.int64)
+        indices = encoded.indices.to_numpy(zero_copy_only=False)
+        return np.take(row, indices), np.take(fnv1a_array(distinct), indices)
 
     def line_rows(self, data: np.ndarray, token_starts: np.ndarray, window_bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`line_rows` of the windows of a batch. `data`: the views' bytes, tokens separated by runs

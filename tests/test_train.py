@@ -22,7 +22,7 @@ from curate.metrics import length_matched_auc, reliability_curve, roc_auc
 from curate.schema import BEHAVIORS
 from curate.train import MAX_ROW_LOGIT, _quotes, assign_folds, fasttext_line, fit_fasttext, recipe_of, train
 from curate.views import LABEL_PREFIX, classifier_text, classifier_texts, classifier_tokens, token_starts, window_bounds
-from curate.windowed import EOS, distinct_sums, fnv1a
+from curate.windowed import EOS, SHORT_TOKEN, distinct_sums, fnv1a, fnv1a_array
 from tests.conftest import BUNDLED_LABELS
 from tests.helpers import run_curate
 
@@ -359,3 +359,16 @@ def test_bad_labels_files_give_one_line_errors(tmp_path, columns, message):
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and "\n" not in str(err.value)
     cli = run_curate("train", path, tmp_path / "out")
     assert cli.returncode != 0 and message in cli.stderr and len(cli.stderr.strip().splitlines()) == 1, cli.stderr
+
+
+def test_fnv1a_array_is_fasttexts_hash_of_every_string():
+    """The vectorized hash equals the per-string one (fastText's, bytes sign-extended) for empty, ASCII,
+    multi-byte, and longer-than-SHORT_TOKEN strings, also on a slice of an array."""
+    rng = np.random.default_rng(0)
+    alphabet = list("ab\\$0") + ["é", "中", "𝛼"]
+    strings = ["", "a", "</s>", "x" * SHORT_TOKEN, "y" * (SHORT_TOKEN + 1), "é" * 100] + [
+        "".join(rng.choice(alphabet, size=int(rng.integers(0, 70)))) for _ in range(3000)]
+    array = pa.array(strings, pa.large_string())
+    assert fnv1a_array(array).tolist() == [fnv1a(s) for s in strings]
+    assert fnv1a_array(array.slice(4, 500)).tolist() == [fnv1a(s) for s in strings[4:504]]
+    assert fnv1a_array(array.slice(0, 0)).tolist() == []

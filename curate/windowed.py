@@ -30,6 +30,22 @@ import pyarrow.compute as pc
 EOS = "</s>"
 NGRAM_MULTIPLIER = np.uint64(116049371)
 SHORT_TOKEN = 48  # bytes: longer tokens (rare) are hashed one by one in Python
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt(3) parameters
+
+
+def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20) -> bool:
+    """Let glibc serve allocations up to `mmap_threshold` bytes from its heap and keep up to
+    `trim_threshold` bytes of freed heap for reuse, in this process. Scoring allocates and frees
+    arrays of a few MB per batch; by default glibc maps each one afresh and unmaps it when freed, and
+    the page faults cost about a third more CPU than the arithmetic (benchmarks/README.md). False
+    where there is no glibc `mallopt` (macOS, musl's does nothing)."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 
 def fnv1a(token: str) -> int:
@@ -149,6 +165,7 @@ class WindowLogits:
         self.eos_row, self.eos_hash = words.index(EOS), fnv1a(EOS)
         self._tables: dict[tuple, np.ndarray] = {}
         self._owner = np.empty(len(self.rows), dtype=np.int64)  # scratch space of `distinct_sums`
+        keep_freed_memory()
 
     def _tokens(self, data: np.ndarray, token_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Word row and signed hash of every token; each distinct token is looked up once per batch

@@ -22,6 +22,15 @@ def fmt_auc(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _classifier_row(behavior: str, card: dict) -> str:
+    """One behavior's row of the classifier table of a dataset card (n/a where an older card lacks a figure)."""
+    m = card["metrics"][behavior]
+    expected = (f"{m['expected_positives']:.1f} / {m['positives']}" if "expected_positives" in m else "n/a")
+    return (f"| {behavior} | {fmt_auc(m['roc_auc'])} | {fmt_auc(m.get('length_only', {}).get('roc_auc'))} "
+            f"| {fmt_auc((m.get('baseline') or {}).get('roc_auc'))} | {fmt_auc(m.get('length_matched_roc_auc'))} "
+            f"| {expected} | {m['f1']:.3f} | {card['thresholds'][behavior]:.3f} |")
+
+
 def size_category(rows: int) -> str:
     """The Hugging Face size category of a dataset of `rows` rows."""
     return next((name for limit, name in SIZE_CATEGORIES if rows < limit), "n>1B")
@@ -156,12 +165,12 @@ def dataset_card(name: str, stats: dict, layout: Layout, mixes: dict[str, dict] 
     if classifier_card is None:
         classifier = f"No classifier card was found at `{layout.card_file}`."
     else:
-        auc_rows = "\n".join(
-            f"| {b} | {fmt_auc(classifier_card['metrics'][b]['roc_auc'])} | {classifier_card['metrics'][b]['f1']:.3f} "
-            f"| {classifier_card['thresholds'][b]:.3f} |" for b in BEHAVIORS)
+        auc_rows = "\n".join(_classifier_row(b, classifier_card) for b in BEHAVIORS)
         classifier = (f"One fastText model, one-vs-all over the four behaviors, trained on {classifier_card['n_train']} "
-                      f"labeled documents. Figures below: {classifier_card['metrics_on']}.\n\n"
-                      f"| behavior | ROC-AUC | F1 | threshold |\n|---|---|---|---|\n{auc_rows}")
+                      f"labeled documents. Figures below: {classifier_card['metrics_on']}; baseline: TF-IDF + "
+                      "logistic regression on the same folds; length-matched: pairs in one length quintile and url "
+                      "host.\n\n| behavior | ROC-AUC | length only | baseline | length-matched | expected / actual "
+                      f"positives | F1 | threshold |\n|---|---|---|---|---|---|---|---|\n{auc_rows}")
     what = ("The matched control of a reasoning-behavior mix: documents the classifier scores lowest on four\n"
             "reasoning behaviors (verification, backtracking, subgoal setting, backward chaining), matched to\n"
             "the main mix on url host and length, with the same token count." if control else

@@ -108,6 +108,12 @@ def test_output_folder_has_stats_and_card(runs):
     assert stats["documents_out"] + sum(stats["dropped"].values()) == stats["documents_in"]
     card = (runs["a"] / "mix" / "README.md").read_text()
     assert f"{stats['tokens_out']:,}" in card and "ROC-AUC" in card
+    classifier = json.loads((runs["a"] / "classifier" / "card.json").read_text())
+    for behavior, m in classifier["metrics"].items():  # the classifier's CV figures, beside its baselines
+        row = next(line for line in card.splitlines() if line.startswith(f"| {behavior} | {m['roc_auc']:.3f} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[2:6] == [f"{m['length_only']['roc_auc']:.3f}", f"{m['baseline']['roc_auc']:.3f}",
+                              f"{m['length_matched_roc_auc']:.3f}", f"{m['expected_positives']:.1f} / {m['positives']}"]
 
 
 def test_bad_files_are_named_and_skipped_without_losing_the_others(tmp_path):

@@ -247,6 +247,8 @@ every copy as its own row.
 ```python
 import datasets
 mix = datasets.load_dataset("path/to/this/folder", split="train")
+# datasets 5.x caches a local folder under its name alone: to load two folders of the same name
+# (two runs' `mix`), pass each its own cache_dir=..., or use the "parquet" builder with data_dir
 # or: pyarrow.dataset.dataset("path/to/this/folder/{DATA_DIR}", format="parquet").to_table()
 ```
 

@@ -236,6 +236,8 @@ the rows once each sees the mix's token budget. `weight` and `repeats` are left 
 ```python
 import datasets
 rows = datasets.load_dataset("path/to/this/folder", split="train")
+# datasets 5.x caches a local folder under its name alone: to load two folders of the same name
+# (two runs' `mix`), pass each its own cache_dir=..., or use the "parquet" builder with data_dir
 # or: datasets.load_dataset("parquet", data_dir="path/to/this/folder/{DATA_DIR}", split="train")
 ```
 """

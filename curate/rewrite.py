@@ -366,6 +366,8 @@ The scores and `n_tokens` are the rewrite's. `curate export` writes every copy a
 ```python
 import datasets
 rows = datasets.load_dataset("path/to/this/folder", split="train")
+# datasets 5.x caches a local folder under its name alone: to load two folders of the same name
+# (two runs' `mix`), pass each its own cache_dir=..., or use the "parquet" builder with data_dir
 ```
 
 ## Sources and licences

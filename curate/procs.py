@@ -9,7 +9,7 @@ on waited for the whole process), so it is armed only where that thread lives as
   parent's pid from a thread instead (`watch_parent`);
 - the forkserver of a pool (datatrove's LocalPipelineExecutor uses one) preloads `curate.procs_preload`:
   the forkserver dies with the tied process, and every worker it forks (it has one thread) with the forkserver;
-- a spawned pool worker (train's fastText fits; `tied_pool`) calls `watch_parent` as the pool's initializer: a
+- a spawned pool worker (train's fits; `tied_pool`) calls `watch_parent` as the pool's initializer: a
   pool spawns replacement workers from its worker-handler thread, which ends before the pool stops its workers;
 - a server that datatrove `exec`s (`vllm serve`) gets a keeper process (`keep`) that stops the server and its
   children when the process that started it ends;
@@ -174,11 +174,17 @@ def tie_children() -> None:
     _tied = True
 
 
+def _start_tied_worker(parent_pid: int, initializer, initargs: tuple) -> None:
+    watch_parent(parent_pid)
+    if initializer is not None:
+        initializer(*initargs)
+
+
 @contextlib.contextmanager
-def tied_pool(context, processes: int, **kwargs):
-    """`context.Pool(processes, **kwargs)` whose workers end with this process and ignore Ctrl-C from their start
-    (see the module's docstring); used as `with tied_pool(...) as pool:`, it is terminated on leaving. `context`
-    is one of multiprocessing's.
+def tied_pool(context, processes: int, initializer=None, initargs: tuple = (), **kwargs):
+    """`context.Pool(processes, initializer, initargs, **kwargs)` whose workers end with this process and ignore
+    Ctrl-C from their start (see the module's docstring); used as `with tied_pool(...) as pool:`, it is terminated
+    on leaving. `context` is one of multiprocessing's.
 
     Terminating a pool hangs when it comes while the pool is pickling a large task (its task thread then writes
     into a pipe that nobody reads any more), after it has stopped the workers: it is given POOL_STOP_S, then left
@@ -188,7 +194,8 @@ def tied_pool(context, processes: int, **kwargs):
     resource_tracker.ensure_running()  # now: starting it later would unblock the signals (it blocks them itself)
     unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        pool = context.Pool(processes, initializer=watch_parent, initargs=(os.getpid(),), **kwargs)
+        pool = context.Pool(processes, initializer=_start_tied_worker, initargs=(os.getpid(), initializer, initargs),
+                            **kwargs)
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         raise

@@ -252,8 +252,8 @@ def _cross_validate_linear(texts, positive, evidence, folds, ids, cfg, seed, fin
     if final_model_path:  # the shipped document model: the same procedure on all documents
         jobs.append((np.arange(len(texts)), np.zeros(0, dtype=np.int64), folds, False))
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(processes=max(1, min(cfg.workers, len(jobs))), initializer=_share,
-                  initargs=({"feat": feat, "positive": positive, "recipe": recipe, "fit": fit},)) as pool:
+    with procs.tied_pool(ctx, max(1, min(cfg.workers, len(jobs))), initializer=_share,
+                         initargs=({"feat": feat, "positive": positive, "recipe": recipe, "fit": fit},)) as pool:
         baseline = pool.apply_async(_baseline_job, (texts, positive, folds)) if with_baseline else None
         results = pool.starmap(_linear_fold_job, jobs)
         baseline = baseline.get() if with_baseline else None

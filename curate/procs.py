@@ -18,7 +18,9 @@ Tied children ignore SIGINT: a terminal's Ctrl-C reaches the whole process group
 which stops on it, stops its children itself. A tied pool starts its workers with SIGINT and SIGTERM blocked
 (a signal mask survives exec), so that a Ctrl-C cannot interrupt their start-up either; and the curate process
 puts off stopping while its main thread is starting a pool's workers, which would be left half-started.
-(Left open: a Ctrl-C in the first tenth of a second of a forkserver or a resource tracker interrupts it.)
+(Left open: a Ctrl-C in the first tenth of a second of a forkserver or a resource tracker interrupts it; on a
+loaded machine a forkserver worker still unpickling its pool's semaphores when the stopped pool unlinks them
+prints a FileNotFoundError traceback before it exits.)
 """
 
 from __future__ import annotations

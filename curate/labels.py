@@ -88,8 +88,7 @@ def read_lengths_and_hosts(path: str | Path) -> tuple[dict[str, int], dict[str, 
 
     table, _, _ = _read_table(path)
     ids, texts = table.column(ID).to_pylist(), table.column(TEXT).to_pylist()
-    urls = table.column(URL).to_pylist() if URL in table.column_names else [None] * len(ids)
-    return ({i: len(t or "") for i, t in zip(ids, texts)}, {i: url_host(u or "") for i, u in zip(ids, urls)})
+    return {i: len(t or "") for i, t in zip(ids, texts)}, {i: url_host(u) for i, u in zip(ids, _urls(table))}
 
 
 def as_labels(table: pa.Table) -> pa.Table:
@@ -116,9 +115,15 @@ def combine_labels(paths: list[Path], out: Path) -> Path:
     return out
 
 
+def _urls(table: pa.Table) -> list[str]:
+    """Each row's url, its id where the url is missing."""
+    ids = table.column(ID).to_pylist()
+    urls = table.column(URL).to_pylist() if URL in table.column_names else ids
+    return [url or doc_id for url, doc_id in zip(urls, ids)]
+
+
 def read_urls(path: str | Path) -> list[str]:
     """Per usable row of `read_labels`, its url (the id where the url is missing)."""
     table, _, keep = _read_table(path)
-    ids = table.column(ID).to_pylist()
-    urls = table.column(URL).to_pylist() if URL in table.column_names else ids
-    return [urls[i] or ids[i] for i in keep]
+    urls = _urls(table)
+    return [urls[i] for i in keep]

@@ -115,36 +115,34 @@ def classifier_agreement(table, labels_path: str | Path) -> dict:
     return result
 
 
-def out_of_fold_agreement(oof_path: Path) -> dict:
-    """The same per-behavior ROC numbers from the classifier's cross-validation: each document scored
-    by a model that did not see it (`classifier/oof.parquet`)."""
+def read_out_of_fold(oof_path: Path):
+    """The classifier's cross-validation predictions (`classifier/oof.parquet`: each document scored
+    by a model that did not see it): the table, and per behavior its labels and probabilities."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(oof_path)
+    return table, {b: (table.column(f"label_{b}").to_numpy(zero_copy_only=False).astype(bool),
+                       table.column(f"p_{b}").to_numpy().astype(np.float64)) for b in BEHAVIORS}
+
+
+def out_of_fold_agreement(oof_path: Path, out_of_fold=None) -> dict:
+    """The same per-behavior ROC numbers from the classifier's cross-validation (`read_out_of_fold`,
+    read from `oof_path` unless given)."""
+    table, by_behavior = out_of_fold or read_out_of_fold(oof_path)
     folds = len(set(table.column("fold").to_pylist()))
-    result = {"title": f"Out-of-fold ROC ({folds}-fold cross-validation)", "labels": str(oof_path),
-              "documents": table.num_rows, "behaviors": {}}
-    for behavior in BEHAVIORS:
-        y = table.column(f"label_{behavior}").to_numpy(zero_copy_only=False).astype(bool)
-        result["behaviors"][behavior] = _roc_entry(y, table.column(f"p_{behavior}").to_numpy())
-    return result
+    return {"title": f"Out-of-fold ROC ({folds}-fold cross-validation)", "labels": str(oof_path),
+            "documents": table.num_rows, "behaviors": {b: _roc_entry(y, p) for b, (y, p) in by_behavior.items()}}
 
 
-def out_of_fold_reliability(oof_path: Path) -> dict:
+def out_of_fold_reliability(oof_path: Path, out_of_fold=None) -> dict:
     """Per behavior, the reliability bins of the calibrated out-of-fold probabilities
     (`curate.metrics.reliability_curve`), the actual positives and the expected ones (Σ p)."""
-    import pyarrow.parquet as pq
-
     from curate.metrics import reliability_curve
 
-    table = pq.read_table(oof_path)
-    result = {"documents": table.num_rows, "behaviors": {}}
-    for behavior in BEHAVIORS:
-        y = table.column(f"label_{behavior}").to_numpy(zero_copy_only=False).astype(bool)
-        p = table.column(f"p_{behavior}").to_numpy().astype(np.float64)
-        result["behaviors"][behavior] = {"positives": int(y.sum()), "expected_positives": round(float(p.sum()), 2),
-                                         "bins": reliability_curve(y, p)}
-    return result
+    table, by_behavior = out_of_fold or read_out_of_fold(oof_path)
+    return {"documents": table.num_rows, "behaviors": {
+        b: {"positives": int(y.sum()), "expected_positives": round(float(p.sum()), 2), "bins": reliability_curve(y, p)}
+        for b, (y, p) in by_behavior.items()}}
 
 
 def plot_reliability(reliability: dict, path: Path) -> None:
@@ -265,8 +263,9 @@ def write_report(layout: Layout, name: str | None = None, labels: str | Path | N
     else:
         not_drawn.append(f"tokens by score bucket: no mix in {layout.mix_dir()}")
     if layout.oof_file.exists():
-        plot_agreement(out_of_fold_agreement(layout.oof_file), report_dir / OUT_OF_FOLD)
-        plot_reliability(out_of_fold_reliability(layout.oof_file), report_dir / RELIABILITY)
+        out_of_fold = read_out_of_fold(layout.oof_file)
+        plot_agreement(out_of_fold_agreement(layout.oof_file, out_of_fold), report_dir / OUT_OF_FOLD)
+        plot_reliability(out_of_fold_reliability(layout.oof_file, out_of_fold), report_dir / RELIABILITY)
         plots += [OUT_OF_FOLD, RELIABILITY]
     else:
         not_drawn.append(f"out-of-fold ROC curves and reliability: no {layout.oof_file} beside the classifier")

@@ -5,7 +5,7 @@ The recipe (chosen by `benchmarks/classifier_experiments.py`, see `classifiers/R
 - `fit: linear` (default): regularized logistic regressions on fastText's own input rows, written
   as a fastText model (`curate.linear`): a document model on the presence of words and word
   bigrams, and a window model trained on windows placed by the labeler's evidence quotes
-  (`curate.evidence`) whose window probabilities are aggregated per document (noisy-or);
+  (`curate.evidence`) whose window logits are aggregated per document (max by default);
   `fit: fasttext`: fastText's own trainer on those windows (one-vs-all loss);
 - a calibration per behavior (logistic regression on the model's logits, optionally log length),
   fitted on out-of-fold predictions, so that probabilities mean what they say.

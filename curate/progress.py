@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 
 class Progress:
-    """Call `update(n)` as work gets done; logs `what: done/total, rate/s, ETA` every `every_s` seconds."""
+    """Call `update(n)` as work gets done; logs `what: done/total, rate/s, ETA` every `every_s` seconds
+    (the environment variable CURATE_PROGRESS_SECONDS, when set, overrides it)."""
 
     def __init__(self, what: str, total: int | None = None, every_s: float = 10.0, logger=None):
-        self.what, self.total, self.every_s = what, total, every_s
+        self.what, self.total = what, total
+        self.every_s = float(os.environ.get("CURATE_PROGRESS_SECONDS", every_s))
         self.log = logger or logging.getLogger("curate")
         self.done = 0
         self.start = self._last = time.monotonic()

@@ -13,9 +13,9 @@ from tests.slurm_cluster import slurm_cluster  # noqa: F401  (the real Slurm clu
 from tests.llm_server import llama_server  # noqa: F401  (the real llama.cpp LLM server fixture)
 from tests.s3_server import s3_server  # noqa: F401  (the real S3-compatible server fixture)
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import BUNDLED_DOCS, REPO  # noqa: F401  (imported from here by the tests)
+
 SHARED = REPO.parent / "shared"
-BUNDLED_DOCS = REPO / "curate" / "data" / "mathweb"
 BUNDLED_LABELS = REPO / "curate" / "data" / "labels" / "gold.parquet"
 
 

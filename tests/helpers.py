@@ -10,10 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+BUNDLED_DOCS = REPO / "curate" / "data" / "mathweb"
 
 
 def run_curate(*args, prefix: tuple[str, ...] = (), timeout: float = 600, **popen) -> subprocess.CompletedProcess:
@@ -25,6 +28,17 @@ def run_curate(*args, prefix: tuple[str, ...] = (), timeout: float = 600, **pope
 def write_job(path: Path, **sections) -> Path:
     """Write a job YAML file from keyword sections and return its path."""
     path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return path
+
+
+def big_input(path: Path, copies: int) -> Path:
+    """Many real documents in one Parquet file at `path`: the bundled sample repeated, copy k's urls
+    ending in `#k`."""
+    sample = pq.read_table(sorted(BUNDLED_DOCS.glob("*.parquet")))
+    url = sample.schema.get_field_index("url")
+    pq.write_table(pa.concat_tables(
+        sample.set_column(url, "url", pc.binary_join_element_wise(sample["url"], f"#{k}", "")) for k in range(copies)),
+        path)
     return path
 
 

@@ -90,7 +90,6 @@ def test_a_folder_with_unscored_inputs_is_refused_by_mix(tmp_path):
     """Inputs that were not scored are named, not silently left out of the mix."""
     inputs = tmp_path / "inputs"
     shutil.copytree(BUNDLED_DOCS, inputs)
-    from tests.conftest import REPO  # noqa: F401  (the repository root is the CLI's working folder)
 
     result = run_curate("train", BUNDLED_LABELS, tmp_path / "out", "--epoch", "2", "--cv-folds", "2")
     assert result.returncode == 0, result.stderr[-2000:]

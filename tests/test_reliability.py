@@ -18,7 +18,7 @@ import pytest
 
 from curate.schema import ID
 from tests.conftest import BUNDLED_DOCS, BUNDLED_LABELS
-from tests.helpers import REPO, read_dir, run_curate, write_job
+from tests.helpers import REPO, big_input, read_dir, run_curate, write_job
 
 GOOD = BUNDLED_DOCS / "part-00.parquet"
 GOOD_ROWS = pq.ParquetFile(GOOD).metadata.num_rows
@@ -174,17 +174,9 @@ def test_bad_job_file_is_rejected_before_any_work(tmp_path, mix, message):
     assert not (tmp_path / "out").exists()
 
 
-def big_input(folder: Path, copies: int) -> Path:
-    """Many real documents (the bundled sample repeated under distinct urls) in one Parquet file."""
-    rows = [dict(r, url=f"{r['url']}#{k}") for k in range(copies) for f in sorted(BUNDLED_DOCS.glob("*.parquet"))
-            for r in pq.read_table(f).to_pylist()]
-    folder.mkdir()
-    pq.write_table(pa.Table.from_pylist(rows), folder / "big.parquet")
-    return folder
-
-
 def test_sigkill_mid_write_leaves_no_partial_shard_and_relaunch_matches_clean_run(tmp_path, trained_model):
-    inputs = big_input(tmp_path / "inputs", copies=40)
+    (tmp_path / "inputs").mkdir()
+    inputs = big_input(tmp_path / "inputs" / "big.parquet", copies=40).parent
     killed = tmp_path / "killed"
     args = [sys.executable, "-m", "curate", "score", str(inputs), "--model", str(trained_model), "--out",
             str(killed), "--tasks", "1", "--workers", "1"]

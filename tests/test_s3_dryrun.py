@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import BUNDLED_DOCS, REPO
-from tests.helpers import run_curate
+from tests.helpers import big_input, run_curate
 
 pytestmark = pytest.mark.slow
 
@@ -89,26 +89,25 @@ def test_a_kill_during_a_remote_write_leaves_no_object_and_a_relaunch_completes_
 
     bucket = s3_server.new_bucket()
     fs = s3fs.S3FileSystem()
-    rows = [dict(r, url=f"{r['url']}#{k}") for k in range(60) for f in sorted(BUNDLED_DOCS.glob("*.parquet"))
-            for r in pq.read_table(f).to_pylist()]
-    big = tmp_path / "big.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), big)
+    big = big_input(tmp_path / "big.parquet", copies=100)
     model = tmp_path / "clf"
     trained = run_curate("train", REPO / "curate" / "data" / "labels" / "gold.parquet", model, "--epoch", "3",
                          "--cv-folds", "2")
     assert trained.returncode == 0, trained.stderr[-2000:]
     args = [sys.executable, "-m", "curate", "score", str(big), "--out", str(tmp_path / "killed"), "--data-dir",
             f"{bucket}/killed", "--model", str(model / "classifier" / "model.bin"), "--tasks", "1", "--workers", "1"]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            env=dict(os.environ, CURATE_PROGRESS_SECONDS="0.2"))
     deadline = time.monotonic() + 300
     progress = tmp_path / "killed" / "logs" / "score" / "datatrove" / "logs"
-    while not any("rank 0 read" in p.read_text() for p in progress.glob("*.log")):  # documents are flowing
+    while not (lines := [line for p in progress.glob("*.log") for line in p.read_text().splitlines()
+                         if "rank 0 read:" in line]):  # documents are flowing
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline
-        time.sleep(0.1)
-    assert proc.poll() is None, "scoring finished before it could be killed; make the input bigger"
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert "done in" not in lines[0], "scoring finished reading before it could be killed; make the input bigger"
     fs.invalidate_cache()
     assert not fs.glob(f"{bucket}/killed/scores/[0-9]*.parquet")  # nothing a later stage would read
     relaunch = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -118,4 +117,4 @@ def test_a_kill_during_a_remote_write_leaves_no_object_and_a_relaunch_completes_
     assert clean.returncode == 0, clean.stderr[-2000:]
     fs.invalidate_cache()
     remote = table_of(fs.glob(f"{bucket}/killed/scores/*.parquet"), fs)
-    assert remote.num_rows == len(rows) and remote.equals(pq.read_table(tmp_path / "clean" / "scores"))
+    assert remote.num_rows == 100 * 600 and remote.equals(pq.read_table(tmp_path / "clean" / "scores"))

@@ -17,7 +17,7 @@ import pytest
 
 from curate.classifier import CARD_FILE, MODEL_FILE, WINDOW_PREFIX, BehaviorClassifier
 from curate.config import TrainConfig
-from curate.labels import LabelsError, read_evidence, read_labels
+from curate.labels import LabelsError, read_labels
 from curate.linear import Corpus, featurize, fit_document_model, write_fasttext_model
 from curate.evidence import evidence_lines
 from curate.metrics import length_matched_auc, reliability_curve, roc_auc

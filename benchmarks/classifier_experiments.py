@@ -24,7 +24,7 @@ import numpy as np
 from curate.classifier import text_lengths
 from curate.config import TrainConfig
 from curate.io import write_json
-from curate.labels import read_evidence, read_labels, read_urls
+from curate.labels import read_labels
 from curate.metrics import length_matched_auc, roc_auc, url_host
 from curate.schema import BEHAVIORS
 from curate.train import assign_folds, baseline_scores, cross_validate, evaluate
@@ -69,7 +69,7 @@ def scoring_cost(labels: str, model_dir: Path, corpus: str | None = None, repeat
     train(labels, model_dir / "linear", TrainConfig())
     train(labels, model_dir / "fasttext", TrainConfig(**FASTTEXT))
     texts = (ds.dataset(sorted(map(str, Path(corpus).glob("*.parquet"))), format="parquet")
-             .to_table(columns=["text"]).column("text").to_pylist() if corpus else read_labels(labels)[1])
+             .to_table(columns=["text"]).column("text").to_pylist() if corpus else read_labels(labels).texts)
     linear = BehaviorClassifier.load(model_dir / "linear" / MODEL_FILE)
     fasttext_model = BehaviorClassifier.load(model_dir / "fasttext" / MODEL_FILE)
 
@@ -123,9 +123,9 @@ def main() -> None:
               f"a fastText-trained dim-32 model {cost['recipe_over_fasttext_dim32_plain']}x")
         write_json(cost, Path(args.out).with_name("scoring_cost.json"))
         return
-    ids, texts, counts, _ = read_labels(args.labels)
-    evidence, positive = read_evidence(args.labels), counts > 0
-    hosts = [url_host(u) for u in read_urls(args.labels)]
+    labels = read_labels(args.labels)
+    ids, texts, evidence, positive = labels.ids, labels.texts, labels.evidence, labels.counts > 0
+    hosts = [url_host(u) for u in labels.urls]
     n_chars = text_lengths(texts)
     folds = assign_folds(ids, positive, 5, args.seed)
     out = Path(args.out)

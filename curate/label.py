@@ -78,7 +78,7 @@ def label_fingerprint(sample_path: str | Path, cfg: LabelConfig) -> str:
 class LabelRollout(Rollout):
     """One document: the layout's requests (one, or four for `paper`), the counts parsed from the answers,
     and for `counts` the quotes kept as evidence (raw_response = {"evidence": {behavior: [quote, ...]},
-    "response": the answer}, the form `curate.labels.read_evidence` reads)."""
+    "response": the answer}, the form `curate.labels.read_labels` reads)."""
 
     what = "label"
 

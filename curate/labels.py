@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,27 +46,35 @@ def _read_table(path: str | Path):
     return table, counts, np.flatnonzero(usable)
 
 
-def read_labels(path: str | Path) -> tuple[list[str], list[str], np.ndarray, int]:
-    """Ids, texts and an (n, 4) count matrix of the usable rows of a labels file, plus how many
-    rows were skipped because a count was null (unparseable label)."""
+@dataclass(frozen=True)
+class Labels:
+    """The usable rows of a labels file: those whose four counts all parsed."""
+
+    ids: list[str]
+    texts: list[str]
+    counts: np.ndarray  # (rows, 4) int64, in BEHAVIORS order
+    evidence: list[dict[str, list[str]]]  # the labeler's quotes by behavior; {} where there are none
+    urls: list[str]  # the id where the url is missing
+    skipped: int  # rows left out because a count was null (an unparseable label)
+
+
+def _evidence(raw: str | None) -> dict[str, list[str]]:
+    """The quotes of one `raw_response` ({"evidence": {behavior: [quote, ...]}}); {} where there are none."""
+    try:
+        evidence = json.loads(raw)["evidence"]
+        return {b: [q for q in evidence.get(b, []) if isinstance(q, str) and q.strip()] for b in BEHAVIORS}
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return {}
+
+
+def read_labels(path: str | Path) -> Labels:
+    """The usable rows of a labels file (LabelsError, one line naming the row, when a count is not one)."""
     table, counts, keep = _read_table(path)
-    ids, texts = table.column(ID).to_pylist(), table.column(TEXT).to_pylist()
-    return [ids[i] for i in keep], [texts[i] for i in keep], counts[keep].astype(np.int64), len(counts) - len(keep)
-
-
-def read_evidence(path: str | Path) -> list[dict[str, list[str]]]:
-    """Per usable row of `read_labels`, the labeler's evidence quotes by behavior
-    (`raw_response` = {"evidence": {behavior: [quote, ...]}}); {} where there are none."""
-    table, _, keep = _read_table(path)
+    ids, texts, urls = table.column(ID).to_pylist(), table.column(TEXT).to_pylist(), _urls(table)
     raw = table.column(RAW_RESPONSE).to_pylist() if RAW_RESPONSE in table.column_names else [None] * len(table)
-    out = []
-    for i in keep:
-        try:
-            evidence = json.loads(raw[i])["evidence"]
-            out.append({b: [q for q in evidence.get(b, []) if isinstance(q, str) and q.strip()] for b in BEHAVIORS})
-        except (TypeError, ValueError, KeyError, AttributeError):
-            out.append({})
-    return out
+    return Labels(ids=[ids[i] for i in keep], texts=[texts[i] for i in keep], counts=counts[keep].astype(np.int64),
+                  evidence=[_evidence(raw[i]) for i in keep], urls=[urls[i] for i in keep],
+                  skipped=len(counts) - len(keep))
 
 
 def read_counts(path: str | Path) -> dict[str, dict[str, int | None]]:
@@ -120,10 +129,3 @@ def _urls(table: pa.Table) -> list[str]:
     ids = table.column(ID).to_pylist()
     urls = table.column(URL).to_pylist() if URL in table.column_names else ids
     return [url or doc_id for url, doc_id in zip(urls, ids)]
-
-
-def read_urls(path: str | Path) -> list[str]:
-    """Per usable row of `read_labels`, its url (the id where the url is missing)."""
-    table, _, keep = _read_table(path)
-    urls = _urls(table)
-    return [urls[i] for i in keep]

@@ -101,7 +101,8 @@ def classifier_agreement(table, labels_path: str | Path) -> dict:
     ROC-AUC and the ROC curve of the probability against the label."""
     from curate.labels import read_labels
 
-    ids, _, counts, _ = read_labels(labels_path)
+    labels = read_labels(labels_path)
+    ids, counts = labels.ids, labels.counts
     row_of = {doc_id: i for i, doc_id in enumerate(table.column("id").to_pylist())}
     pairs = [(row_of[doc_id], k) for k, doc_id in enumerate(ids) if doc_id in row_of]
     rows = np.array([r for r, _ in pairs], dtype=np.int64)

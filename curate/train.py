@@ -36,7 +36,7 @@ from curate.classifier import (
 from curate.config import TrainConfig
 from curate.evidence import evidence_lines
 from curate.io import file_sha256, write_json, write_parquet
-from curate.labels import LabelsError, read_evidence, read_labels, read_urls
+from curate.labels import LabelsError, read_labels
 from curate.layout import OOF_FILE
 from curate.linear import Corpus, featurize, fit_document_model, fit_window_model, write_model
 from curate.metrics import (
@@ -400,8 +400,8 @@ def train(labels_path: str | Path, out_dir: str | Path, cfg: TrainConfig, seed: 
     AUC_MARGIN, or fall below the baseline, are logged and listed under `warnings`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ids, texts, counts, skipped = read_labels(labels_path)
-    evidence = read_evidence(labels_path)
+    labels = read_labels(labels_path)
+    ids, texts, counts = labels.ids, labels.texts, labels.counts
     positive = counts > 0
     missing = [f"no {'positive' if not positive[:, j].any() else 'negative'} label of {b}"
                for j, b in enumerate(BEHAVIORS) if positive[:, j].all() or not positive[:, j].any()]
@@ -412,12 +412,11 @@ def train(labels_path: str | Path, out_dir: str | Path, cfg: TrainConfig, seed: 
     n_chars = text_lengths(texts)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         model_tmp = Path(tmp) / MODEL_FILE
-        cv = cross_validate(texts, positive, evidence, folds, cfg, ids=ids, seed=seed, final_model_path=str(model_tmp))
+        cv = cross_validate(texts, positive, labels.evidence, folds, cfg, ids=ids, seed=seed, final_model_path=str(model_tmp))
         model_tmp.replace(out_dir / MODEL_FILE)
     probs = cv["oof_calibrated"]
     write_out_of_fold(out_dir / OOF_FILE, ids, positive, probs, n_chars, folds)
-    hosts = [url_host(u) for u in read_urls(labels_path)]
-    metrics, warnings = evaluate(positive, probs, n_chars, folds, cv["baseline"], hosts)
+    metrics, warnings = evaluate(positive, probs, n_chars, folds, cv["baseline"], [url_host(u) for u in labels.urls])
     for line in warnings:
         log.warning("train: %s", line)
     thresholds = {b: best_f1_threshold(positive[:, j], probs[:, j]) for j, b in enumerate(BEHAVIORS)}
@@ -441,7 +440,7 @@ def train(labels_path: str | Path, out_dir: str | Path, cfg: TrainConfig, seed: 
         "warnings": warnings,
         "n_train": len(ids),
         "n_valid": len(ids),
-        "n_skipped_unparsed": skipped,
+        "n_skipped_unparsed": labels.skipped,
         "n_trained_on_evidence_windows": cv["evidence_docs"],
         "training_data": {"path": str(labels_path), "sha256": file_sha256(labels_path)},
         "fit": cv["fit"],

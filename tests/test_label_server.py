@@ -87,7 +87,8 @@ def test_label_endpoint_retries_5xx_writes_labels_and_skips_when_current(llama_s
     assert stats["completion_tokens_per_document"] > 0 and stats["this_run"]["requests_per_second"] > 0
 
     from curate.labels import read_labels  # the train stage reads this file as it is
-    ids, _texts, counts, *_ = read_labels(out / LABELS_FILE)
+    labels = read_labels(out / LABELS_FILE)
+    ids, counts = labels.ids, labels.counts
     assert len(ids) + stats["parse_failures"] >= 3 and counts.shape[1] == len(BEHAVIORS)
 
     agreement = run_curate("eval-labels", out / LABELS_FILE, "--reference", shared_dir / "labels" / "gold.parquet")
@@ -294,7 +295,6 @@ def test_quotes_are_requested_validated_and_only_real_ones_reach_training(llama_
     """The labeler is asked for quotes (instruction and schema); the proxy adds to SmolLM2's real answer a
     quote from the document (upper-cased) and an invented one: the first is kept as the document writes it,
     in the form training reads; the invented one is counted and never kept."""
-    from curate.labels import read_evidence
     from tests.llm_server import INVENTED_QUOTE
 
     proxy = RecordingProxy(llama_server.url, faults=["quote"]).start()
@@ -325,8 +325,8 @@ def test_quotes_are_requested_validated_and_only_real_ones_reach_training(llama_
         for quotes in json.loads(row["raw_response"])["evidence"].values():
             assert all(q in row["text"] for q in quotes)
     from curate.labels import read_labels
-    ids = read_labels(out / LABELS_FILE)[0]
-    assert {first: [quoted["text"][:30]]}.items() <= read_evidence(out / LABELS_FILE)[ids.index(quoted["id"])].items()
+    labels = read_labels(out / LABELS_FILE)
+    assert {first: [quoted["text"][:30]]}.items() <= labels.evidence[labels.ids.index(quoted["id"])].items()
 
 
 def test_endpoint_urls_work_with_or_without_v1_local_or_remote(llama_server, gsm_sample, tmp_path):

@@ -35,7 +35,8 @@ SMALL = dict(bucket=50_000, c_grid=[3.0, 10.0], embedding_grid=[0.0, 1.0])  # a 
 def held_out(tmp_path_factory):
     """A model trained (with 5-fold CV) on 4/5 of the reference labels, and the other 1/5."""
     table = pq.read_table(BUNDLED_LABELS)
-    ids, _, counts, _ = read_labels(BUNDLED_LABELS)
+    labels = read_labels(BUNDLED_LABELS)
+    ids, counts = labels.ids, labels.counts
     is_test = assign_folds(ids, counts > 0, 5, seed=7) == 0
     folder = tmp_path_factory.mktemp("held_out")
     pq.write_table(table.filter(pa.array(~is_test)), folder / "train.parquet")
@@ -84,7 +85,8 @@ def test_calibration_is_fitted_out_of_fold(held_out):
 
 def test_classifier_beats_a_constant_predictor_on_held_out_documents(held_out):
     folder, _ = held_out
-    _, texts, counts, _ = read_labels(folder / "test.parquet")
+    test = read_labels(folder / "test.parquet")
+    texts, counts = test.texts, test.counts
     probs = BehaviorClassifier.load(folder / "model" / MODEL_FILE).predict(texts)
     assert probs.shape == (160, 4) and np.all((probs >= 0) & (probs <= 1))
     for j, b in enumerate(BEHAVIORS):
@@ -135,7 +137,7 @@ def _assert_window_scores_match_fasttext(classifier: BehaviorClassifier, texts: 
 @pytest.mark.parametrize("normalization, words", [("math", 50), ("math", 7), ("plain", 0), ("words", 20)])
 def test_window_probabilities_are_fasttexts_own_arithmetic(held_out, normalization, words):
     folder, _ = held_out
-    _, texts, _, _ = read_labels(folder / "test.parquet")
+    texts = read_labels(folder / "test.parquet").texts
     classifier = BehaviorClassifier.load(folder / "model" / MODEL_FILE)
     classifier.recipe = {**classifier.recipe, "normalization": normalization, "window_words": words}
     labels = [LABEL_PREFIX + b for b in BEHAVIORS] + [LABEL_PREFIX + WINDOW_PREFIX + b for b in BEHAVIORS]
@@ -163,7 +165,7 @@ def test_document_presence_is_fasttexts_rows_counted_once(held_out):
     folder, _ = held_out
     classifier = BehaviorClassifier.load(folder / "model" / MODEL_FILE)
     model, words, power = classifier.model, classifier.recipe["window_words"], classifier.recipe["presence_power"]
-    _, texts, _, _ = read_labels(folder / "test.parquet")
+    texts = read_labels(folder / "test.parquet").texts
     texts = texts[:40] + EDGE_TEXTS
     table = model.get_input_matrix() @ model.get_output_matrix()[: len(BEHAVIORS)].T
     expected = []
@@ -198,7 +200,7 @@ def test_distinct_sums_count_each_row_once():
 def test_window_scorer_follows_the_models_word_ngrams(tmp_path, word_ngrams):
     """A fastText file written with seeded weights (deterministic and well-conditioned: nothing to
     diverge) and 1, 2 or 3-word n-grams: the scorer reads it as fastText does."""
-    _, texts, _, _ = read_labels(BUNDLED_LABELS)
+    texts = read_labels(BUNDLED_LABELS).texts
     words = sorted({t for text in texts[:200] for t in classifier_text(text, "math").split()}) + [EOS]
     labels = [LABEL_PREFIX + b for b in BEHAVIORS]
     rng = np.random.default_rng(word_ngrams)
@@ -212,7 +214,8 @@ def test_window_scorer_follows_the_models_word_ngrams(tmp_path, word_ngrams):
 
 
 def test_writer_reproduces_a_fasttext_trained_model_byte_for_byte(tmp_path):
-    _, texts, counts, _ = read_labels(BUNDLED_LABELS)
+    reference = read_labels(BUNDLED_LABELS)
+    texts, counts = reference.texts, reference.counts
     lines = [fasttext_line(classifier_text(t, "math"), [b for b, c in zip(BEHAVIORS, row) if c])
              for t, row in zip(texts[:100], counts[:100])]
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
@@ -234,7 +237,8 @@ def test_writer_reproduces_a_fasttext_trained_model_byte_for_byte(tmp_path):
 def test_the_document_model_never_reads_test_labels():
     """Regularization is chosen inside the training documents: flipping every label of the test
     documents changes neither the model nor its test logits."""
-    ids, texts, counts, _ = read_labels(BUNDLED_LABELS)
+    labels = read_labels(BUNDLED_LABELS)
+    ids, texts, counts = labels.ids, labels.texts, labels.counts
     ids, texts, positive = ids[:300], texts[:300], counts[:300] > 0
     cfg = TrainConfig(**SMALL, window_words=0)
     quote_texts, quotes = _quotes(texts, [{}] * len(texts))
@@ -283,7 +287,7 @@ def test_a_behavior_with_one_positive_trains_and_scores(tmp_path):
     pq.write_table(table.take(sorted(keep)), tmp_path / "one.parquet")
     card = train(tmp_path / "one.parquet", tmp_path / "model", TrainConfig(**SMALL, cv_folds=2))
     assert card["metrics"]["backtracking"]["positives"] == 1
-    _, texts, _, _ = read_labels(tmp_path / "one.parquet")
+    texts = read_labels(tmp_path / "one.parquet").texts
     probs = BehaviorClassifier.load(tmp_path / "model" / MODEL_FILE).predict(texts)
     assert np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()
 
@@ -292,7 +296,7 @@ def test_the_fasttext_trainer_recipe_trains_and_is_calibrated(tmp_path):
     card = train(BUNDLED_LABELS, tmp_path, TrainConfig(fit="fasttext", epoch=5, dim=16, bucket=20_000,
                                                        aggregate="noisy_or", calibrate_length=True, cv_folds=3))
     assert card["calibration"]["inputs"] == ["window_noisy_or"] and card["calibration"]["length"]
-    _, texts, counts, _ = read_labels(BUNDLED_LABELS)
+    texts = read_labels(BUNDLED_LABELS).texts
     model = BehaviorClassifier.load(tmp_path / MODEL_FILE)
     calibrated, raw = model.predict(texts[:50]), model.raw_probabilities(texts[:50])
     assert not np.allclose(calibrated, raw, atol=1e-3)
@@ -301,7 +305,8 @@ def test_the_fasttext_trainer_recipe_trains_and_is_calibrated(tmp_path):
 
 
 def _fasttext_lines(tmp_path, n: int = 300, normalization: str = "plain") -> str:
-    _, texts, counts, _ = read_labels(BUNDLED_LABELS)
+    labels = read_labels(BUNDLED_LABELS)
+    texts, counts = labels.texts, labels.counts
     lines = [fasttext_line(classifier_text(t, normalization), [b for b, c in zip(BEHAVIORS, row) if c])
              for t, row in zip(texts[:n], counts[:n])]
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")

@@ -17,10 +17,11 @@ on waited for the whole process), so it is armed only where that thread lives as
 Tied children ignore SIGINT: a terminal's Ctrl-C reaches the whole process group, and the curate process,
 which stops on it, stops its children itself. A tied pool starts its workers with SIGINT and SIGTERM blocked
 (a signal mask survives exec), so that a Ctrl-C cannot interrupt their start-up either; and the curate process
-puts off stopping while its main thread is starting a pool's workers, which would be left half-started.
-(Left open: a Ctrl-C in the first tenth of a second of a forkserver or a resource tracker interrupts it; on a
-loaded machine a forkserver worker still unpickling its pool's semaphores when the stopped pool unlinks them
-prints a FileNotFoundError traceback before it exits.)
+puts off stopping while its main thread is starting a pool's workers, which would be left half-started, or is
+in a finalizer (`__del__`), where Python would drop the stop.
+A forkserver worker still unpickling its pool's semaphores when the stopped pool unlinks them exits (status 1)
+without a traceback (`quiet_when_the_pool_is_gone`, installed by the preload).
+(Left open: a Ctrl-C in the first tenth of a second of a forkserver or a resource tracker interrupts it.)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ POOL_STOP_S = 3.0  # how long a tied pool's terminate() may take before it is le
 PRELOAD = "curate.procs_preload"
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 STARTING_PROCESSES = {("process.py", "start"), ("pool.py", "__init__")}  # in multiprocessing and multiprocess
+MULTIPROCESSING_FINALIZERS = {("util.py", "__call__")}  # Finalize, called by weakref callbacks
 
 
 class Stopped(KeyboardInterrupt):
@@ -54,19 +56,22 @@ class Stopped(KeyboardInterrupt):
         self.status = 128 + signum
 
 
-def _starting_processes(frame) -> bool:
-    """Whether the thread at `frame` is starting a multiprocessing process or pool."""
+def _no_stop_here(frame) -> bool:
+    """Whether the thread at `frame` is starting a multiprocessing process or pool (stopped there, a worker would be
+    left half-started), or is in a finalizer (`__del__` or a weakref callback: Python prints an exception raised
+    there as "Exception ignored in" and drops it, and the stop would be lost)."""
     while frame is not None:
         code = frame.f_code
-        if "multiprocess" in code.co_filename and (
-                os.path.basename(code.co_filename), code.co_name) in STARTING_PROCESSES:
+        place = (os.path.basename(code.co_filename), code.co_name)
+        if code.co_name == "__del__" or place == ("weakref.py", "__call__") or (
+                "multiprocess" in code.co_filename and place in STARTING_PROCESSES | MULTIPROCESSING_FINALIZERS):
             return True
         frame = frame.f_back
     return False
 
 
 def _raise_stopped(signum, frame):
-    if _starting_processes(frame):  # stopped there, a worker would be left half-started: ask again shortly
+    if _no_stop_here(frame):  # ask again shortly
         again = threading.Timer(POLL_S, os.kill, (os.getpid(), signum))
         again.daemon = True
         again.start()
@@ -75,7 +80,8 @@ def _raise_stopped(signum, frame):
 
 
 def stop_on_signals() -> None:
-    """Make SIGINT and SIGTERM raise `Stopped` in the main thread (once it is not starting processes)."""
+    """Make SIGINT and SIGTERM raise `Stopped` in the main thread (once it is neither starting processes nor in a
+    finalizer)."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_stopped)
 
@@ -131,6 +137,18 @@ def die_with_parent(parent_pid: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def quiet_when_the_pool_is_gone(kind, value, tb, default=sys.excepthook) -> None:
+    """`sys.excepthook` of a forkserver's workers: a worker whose pool was stopped, and its semaphores unlinked,
+    while the worker was unpickling them (FileNotFoundError in SemLock.__setstate__) ends without a traceback;
+    every other error is printed as before."""
+    import traceback
+
+    frames = [frame.f_code for frame, _ in traceback.walk_tb(tb)]
+    if not (issubclass(kind, FileNotFoundError) and frames and frames[-1].co_name == "__setstate__"
+            and os.path.basename(frames[-1].co_filename) == "synchronize.py"):
+        default(kind, value, tb)
 
 
 def watch_parent(parent_pid: int) -> None:

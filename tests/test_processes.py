@@ -279,6 +279,59 @@ def test_a_stop_signal_while_pools_start_leaves_no_half_started_worker(tmp_path)
         assert pools.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
 
 
+FINALIZER = """
+import sys, time
+from curate import procs
+
+
+class Slow:
+    def __del__(self):
+        print("finalizing", flush=True)
+        time.sleep(1.0)
+
+
+if __name__ == "__main__":
+    procs.stop_on_signals()
+    try:
+        Slow()  # finalized at once, in the main thread
+        while True:
+            time.sleep(0.05)
+    except procs.Stopped as stop:
+        sys.exit(stop.status)
+"""
+
+
+def test_a_stop_signal_during_a_finalizer_is_put_off_not_lost(tmp_path):
+    """Python drops an exception raised in `__del__` ("Exception ignored in"): a SIGTERM that comes while the main
+    thread finalizes an object (as multiprocessing's connections are) stops the process once the finalizer is done."""
+    script = _script(tmp_path, "finalizer", FINALIZER, stderr=subprocess.PIPE)
+    assert script.stdout.readline() == "finalizing\n"
+    script.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = script.communicate(timeout=STOP_WITHIN_S)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(script.pid, signal.SIGKILL)
+    assert script.returncode == 143 and stderr == "", stderr[-3000:]
+
+
+def test_a_worker_whose_pools_semaphores_are_gone_ends_without_a_traceback_other_errors_print_one(capsys):
+    """The forkserver workers' excepthook: the FileNotFoundError of unpickling a semaphore that the stopped pool
+    has unlinked (a real SemLock rebuilt by a name that no longer exists) prints nothing; a FileNotFoundError
+    anywhere else prints its traceback as before."""
+    import multiprocess.synchronize
+
+    gone = multiprocess.synchronize.SemLock.__new__(multiprocess.synchronize.SemLock)
+    with pytest.raises(FileNotFoundError) as unpickling:
+        gone.__setstate__((0, multiprocess.synchronize.SEMAPHORE, 1, f"/curate-gone-{os.getpid()}"))
+    procs.quiet_when_the_pool_is_gone(unpickling.type, unpickling.value, unpickling.tb)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(FileNotFoundError) as elsewhere:
+        open(f"/nonexistent-{os.getpid()}")
+    procs.quiet_when_the_pool_is_gone(elsewhere.type, elsewhere.value, elsewhere.tb)
+    assert capsys.readouterr().err.startswith("Traceback")
+
+
 BIG_TASKS = """
 import multiprocessing, sys, time
 from curate import procs

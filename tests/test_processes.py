@@ -244,6 +244,7 @@ def test_sigkill_of_bootstrap_while_it_labels_leaves_no_process(llama_server, wa
 
 
 POOLS = """
+import faulthandler
 import sys
 import multiprocess
 from curate import procs
@@ -254,6 +255,7 @@ def square(x):
 
 
 if __name__ == "__main__":
+    faulthandler.dump_traceback_later(40, exit=True)  # a hang shows where it hangs
     procs.tie_children()
     procs.stop_on_signals()
     print("ready", flush=True)

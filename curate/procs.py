@@ -18,7 +18,9 @@ Tied children ignore SIGINT: a terminal's Ctrl-C reaches the whole process group
 which stops on it, stops its children itself. A tied pool starts its workers with SIGINT and SIGTERM blocked
 (a signal mask survives exec), so that a Ctrl-C cannot interrupt their start-up either; and the curate process
 puts off stopping while its main thread is starting a pool's workers, which would be left half-started, or is
-in a finalizer (`__del__`), where Python would drop the stop.
+in a finalizer (`__del__`), where Python would drop the stop. A stopped process that has not ended
+STOP_DEADLINE_S later exits anyway: multiprocessing's `Pool.terminate()` (datatrove's pools) hangs for ever when
+it stopped a worker that was holding the lock of the pool's result queue.
 A forkserver worker still unpickling its pool's semaphores when the stopped pool unlinks them exits (status 1)
 without a traceback (`quiet_when_the_pool_is_gone`, installed by the preload).
 (Left open: a Ctrl-C in the first tenth of a second of a forkserver or a resource tracker interrupts it.)
@@ -40,6 +42,7 @@ PR_SET_PDEATHSIG = 1
 POLL_S = 0.2  # how often a watching thread or a keeper looks at its parent
 GRACE_S = 5.0  # how long a kept server has to stop after SIGTERM before it and its children are killed
 POOL_STOP_S = 3.0  # how long a tied pool's terminate() may take before it is left to the process's end
+STOP_DEADLINE_S = 8.0  # how long a stopped process may take to clean up before it exits without finishing that
 PRELOAD = "curate.procs_preload"
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 STARTING_PROCESSES = {("process.py", "start"), ("pool.py", "__init__")}  # in multiprocessing and multiprocess
@@ -70,18 +73,32 @@ def _no_stop_here(frame) -> bool:
     return False
 
 
+def _exit_cut_short(signum: int) -> None:
+    print(f"curate stopped by {signal.Signals(signum).name}; its clean-up took over {STOP_DEADLINE_S:.0f}s and was "
+          "cut short (a stopped pool can hang); run the same command again to resume", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
+_deadline: threading.Timer | None = None
+
+
 def _raise_stopped(signum, frame):
+    global _deadline
     if _no_stop_here(frame):  # ask again shortly
         again = threading.Timer(POLL_S, os.kill, (os.getpid(), signum))
         again.daemon = True
         again.start()
         return
+    if _deadline is None:  # multiprocessing's Pool.terminate() hangs when it stopped a worker that held a queue lock
+        _deadline = threading.Timer(STOP_DEADLINE_S, _exit_cut_short, (signum,))
+        _deadline.daemon = True
+        _deadline.start()
     raise Stopped(signum)
 
 
 def stop_on_signals() -> None:
     """Make SIGINT and SIGTERM raise `Stopped` in the main thread (once it is neither starting processes nor in a
-    finalizer)."""
+    finalizer); a process still cleaning up STOP_DEADLINE_S after that exits anyway, with the same status."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_stopped)
 

@@ -277,7 +277,11 @@ def test_a_stop_signal_while_pools_start_leaves_no_half_started_worker(tmp_path)
         assert pools.stdout.readline() == "ready\n"
         time.sleep(delay)
         pools.send_signal(signal.SIGTERM)
-        _, stderr = pools.communicate(timeout=60)
+        try:
+            _, stderr = pools.communicate(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pools.pid, signal.SIGKILL)
         assert pools.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
 
 
@@ -315,6 +319,37 @@ def test_a_stop_signal_during_a_finalizer_is_put_off_not_lost(tmp_path):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(script.pid, signal.SIGKILL)
     assert script.returncode == 143 and stderr == "", stderr[-3000:]
+
+
+HANGING_CLEANUP = """
+import sys, threading, time
+from curate import procs
+
+if __name__ == "__main__":
+    procs.stop_on_signals()
+    print("ready", flush=True)
+    try:
+        while True:
+            time.sleep(0.05)
+    except procs.Stopped:
+        threading.Event().wait()  # a clean-up that never ends, as a Pool.terminate() that hangs
+"""
+
+
+def test_a_clean_up_that_hangs_after_a_stop_signal_is_cut_short_with_the_stop_status(tmp_path):
+    script = _script(tmp_path, "hanging", HANGING_CLEANUP, stderr=subprocess.PIPE)
+    assert script.stdout.readline() == "ready\n"
+    script.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    try:
+        _, stderr = script.communicate(timeout=procs.STOP_DEADLINE_S + STOP_WITHIN_S)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(script.pid, signal.SIGKILL)
+    assert script.returncode == 143, stderr[-3000:]
+    assert procs.STOP_DEADLINE_S <= time.monotonic() - sent < procs.STOP_DEADLINE_S + 3
+    assert stderr.splitlines() == [f"curate stopped by SIGTERM; its clean-up took over {procs.STOP_DEADLINE_S:.0f}s "
+                                   "and was cut short (a stopped pool can hang); run the same command again to resume"]
 
 
 def test_a_worker_whose_pools_semaphores_are_gone_ends_without_a_traceback_other_errors_print_one(capsys):

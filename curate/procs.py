@@ -45,8 +45,8 @@ POOL_STOP_S = 3.0  # how long a tied pool's terminate() may take before it is le
 STOP_DEADLINE_S = 8.0  # how long a stopped process may take to clean up before it exits without finishing that
 PRELOAD = "curate.procs_preload"
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-STARTING_PROCESSES = {("process.py", "start"), ("pool.py", "__init__")}  # in multiprocessing and multiprocess
-MULTIPROCESSING_FINALIZERS = {("util.py", "__call__")}  # Finalize, called by weakref callbacks
+# in multiprocessing and multiprocess: starting a process or a pool, and Finalize (run by weakref callbacks)
+NO_STOP_IN_MULTIPROCESSING = {("process.py", "start"), ("pool.py", "__init__"), ("util.py", "__call__")}
 
 
 class Stopped(KeyboardInterrupt):
@@ -67,7 +67,7 @@ def _no_stop_here(frame) -> bool:
         code = frame.f_code
         place = (os.path.basename(code.co_filename), code.co_name)
         if code.co_name == "__del__" or place == ("weakref.py", "__call__") or (
-                "multiprocess" in code.co_filename and place in STARTING_PROCESSES | MULTIPROCESSING_FINALIZERS):
+                "multiprocess" in code.co_filename and place in NO_STOP_IN_MULTIPROCESSING):
             return True
         frame = frame.f_back
     return False

@@ -401,7 +401,7 @@ def train(labels_path: str | Path, out_dir: str | Path, cfg: TrainConfig, seed: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = read_labels(labels_path)
-    ids, texts, counts = labels.ids, labels.texts, labels.counts
+    ids, texts, counts, evidence = labels.ids, labels.texts, labels.counts, labels.evidence
     positive = counts > 0
     missing = [f"no {'positive' if not positive[:, j].any() else 'negative'} label of {b}"
                for j, b in enumerate(BEHAVIORS) if positive[:, j].all() or not positive[:, j].any()]
@@ -412,7 +412,7 @@ def train(labels_path: str | Path, out_dir: str | Path, cfg: TrainConfig, seed: 
     n_chars = text_lengths(texts)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         model_tmp = Path(tmp) / MODEL_FILE
-        cv = cross_validate(texts, positive, labels.evidence, folds, cfg, ids=ids, seed=seed, final_model_path=str(model_tmp))
+        cv = cross_validate(texts, positive, evidence, folds, cfg, ids=ids, seed=seed, final_model_path=str(model_tmp))
         model_tmp.replace(out_dir / MODEL_FILE)
     probs = cv["oof_calibrated"]
     write_out_of_fold(out_dir / OOF_FILE, ids, positive, probs, n_chars, folds)

@@ -276,12 +276,7 @@ def test_a_stop_signal_while_pools_start_leaves_no_half_started_worker(tmp_path)
         pools = _script(tmp_path, "pools", POOLS, stderr=subprocess.PIPE)
         assert pools.stdout.readline() == "ready\n"
         time.sleep(delay)
-        pools.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = pools.communicate(timeout=60)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pools.pid, signal.SIGKILL)
+        stderr, _ = _sigterm(pools, timeout=60)
         assert pools.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
 
 
@@ -312,12 +307,7 @@ def test_a_stop_signal_during_a_finalizer_is_put_off_not_lost(tmp_path):
     thread finalizes an object (as multiprocessing's connections are) stops the process once the finalizer is done."""
     script = _script(tmp_path, "finalizer", FINALIZER, stderr=subprocess.PIPE)
     assert script.stdout.readline() == "finalizing\n"
-    script.send_signal(signal.SIGTERM)
-    try:
-        _, stderr = script.communicate(timeout=STOP_WITHIN_S)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(script.pid, signal.SIGKILL)
+    stderr, _ = _sigterm(script, timeout=STOP_WITHIN_S)
     assert script.returncode == 143 and stderr == "", stderr[-3000:]
 
 
@@ -339,15 +329,9 @@ if __name__ == "__main__":
 def test_a_clean_up_that_hangs_after_a_stop_signal_is_cut_short_with_the_stop_status(tmp_path):
     script = _script(tmp_path, "hanging", HANGING_CLEANUP, stderr=subprocess.PIPE)
     assert script.stdout.readline() == "ready\n"
-    script.send_signal(signal.SIGTERM)
-    sent = time.monotonic()
-    try:
-        _, stderr = script.communicate(timeout=procs.STOP_DEADLINE_S + STOP_WITHIN_S)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(script.pid, signal.SIGKILL)
+    stderr, took = _sigterm(script, timeout=procs.STOP_DEADLINE_S + STOP_WITHIN_S)
     assert script.returncode == 143, stderr[-3000:]
-    assert procs.STOP_DEADLINE_S <= time.monotonic() - sent < procs.STOP_DEADLINE_S + 3
+    assert procs.STOP_DEADLINE_S <= took < procs.STOP_DEADLINE_S + 3
     assert stderr.splitlines() == [f"curate stopped by SIGTERM; its clean-up took over {procs.STOP_DEADLINE_S:.0f}s "
                                    "and was cut short (a stopped pool can hang); run the same command again to resume"]
 
@@ -400,15 +384,22 @@ def test_a_stop_while_a_tied_pool_pickles_a_large_task_ends_in_seconds(tmp_path)
         pools = _script(tmp_path, "big", BIG_TASKS, stderr=subprocess.PIPE)
         assert pools.stdout.readline() == "ready\n"
         time.sleep(delay)
-        pools.send_signal(signal.SIGTERM)
-        sent = time.monotonic()
-        try:
-            _, stderr = pools.communicate(timeout=procs.POOL_STOP_S + STOP_WITHIN_S)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pools.pid, signal.SIGKILL)
+        stderr, took = _sigterm(pools, timeout=procs.POOL_STOP_S + STOP_WITHIN_S)
         assert pools.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
-        assert time.monotonic() - sent < procs.POOL_STOP_S + 3
+        assert took < procs.POOL_STOP_S + 3
+
+
+def _sigterm(script: subprocess.Popen, timeout: float) -> tuple[str, float]:
+    """SIGTERM to a `_script` and wait for its end: its stderr and the seconds it took to end; its process group
+    is killed whatever happens (a hung script fails the test, it is not left running)."""
+    script.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    try:
+        _, stderr = script.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(script.pid, signal.SIGKILL)
+    return stderr, time.monotonic() - sent
 
 
 def _script(tmp_path, name: str, code: str, **popen):
